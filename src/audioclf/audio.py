@@ -1,0 +1,131 @@
+"""The one way audio becomes samples: soundfile decodes, channels are averaged, soxr resamples.
+
+No torchcodec, no ffmpeg subprocess. Every failure is an `AudioLoadError` naming the source and the reason.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from audioclf.errors import AudioLoadError
+
+AudioSource = Union[str, Path, bytes, bytearray, memoryview]
+
+MIN_SAMPLING_RATE = 1_000  # Hz; below this nothing is speech or sound worth classifying
+MAX_SAMPLING_RATE = 768_000  # Hz; the highest rate real converters produce
+RESAMPLE_QUALITY = "HQ"  # soxr's high-quality preset, the same one its `resample()` defaults to
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What decoding a clip found, before any downmix or resampling."""
+
+    sampling_rate: int
+    channels: int
+    frames: int
+    format: str
+
+    @property
+    def duration_seconds(self) -> float:
+        return self.frames / self.sampling_rate
+
+
+def describe_source(source: AudioSource, name: str | None = None) -> str:
+    """How a source is named in messages: its path, or the given name, or '<N bytes>'."""
+    if name is not None:
+        return name
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return f"<{len(source)} bytes>"
+
+
+def _open(source: AudioSource, where: str) -> sf.SoundFile:
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise AudioLoadError(where, "file not found")
+        if path.is_dir():
+            raise AudioLoadError(where, "is a directory, not an audio file")
+        if path.stat().st_size == 0:
+            raise AudioLoadError(where, "empty file (0 bytes)")
+        target: object = str(path)
+    else:
+        if len(source) == 0:
+            raise AudioLoadError(where, "empty file (0 bytes)")
+        target = io.BytesIO(bytes(source))
+    try:
+        return sf.SoundFile(target)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioLoadError(where, f"not a readable audio file ({_reason(e)})") from e
+    except OSError as e:
+        raise AudioLoadError(where, f"cannot be read ({e.strerror or e})") from e
+
+
+def _reason(e: Exception) -> str:
+    text = str(e)
+    # libsndfile prefixes its message with the file name we already report
+    if ": " in text and text.startswith("Error opening"):
+        text = text.split(": ", 1)[1]
+    return text.strip() or type(e).__name__
+
+
+def read_audio(source: AudioSource, name: str | None = None) -> tuple[np.ndarray, AudioInfo]:
+    """Decode a whole clip. Returns float32 samples shaped (frames, channels) and what was found.
+
+    Raises AudioLoadError for a missing, empty, non-audio, truncated or corrupt file, non-finite samples,
+    or an absurd sampling rate.
+    """
+    where = describe_source(source, name)
+    with _open(source, where) as f:
+        info = AudioInfo(sampling_rate=int(f.samplerate), channels=int(f.channels), frames=int(f.frames), format=f.format)
+        if not MIN_SAMPLING_RATE <= info.sampling_rate <= MAX_SAMPLING_RATE:
+            raise AudioLoadError(
+                where,
+                f"absurd sampling rate {info.sampling_rate} Hz (expected {MIN_SAMPLING_RATE}-{MAX_SAMPLING_RATE} Hz)",
+            )
+        if info.channels < 1:
+            raise AudioLoadError(where, "no audio channels")
+        try:
+            samples = f.read(dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AudioLoadError(where, f"truncated or corrupt audio ({_reason(e)})") from e
+    if samples.shape[0] == 0:
+        raise AudioLoadError(where, "empty audio (0 samples)")
+    # libsndfile returns what it could read of a cut-off file; the header still promises the rest
+    if 0 < info.frames != samples.shape[0]:
+        raise AudioLoadError(where, f"truncated or corrupt audio (header says {info.frames} frames, read {samples.shape[0]})")
+    if not np.isfinite(samples).all():
+        raise AudioLoadError(where, "non-finite samples (NaN or infinity)")
+    return samples, AudioInfo(info.sampling_rate, info.channels, int(samples.shape[0]), info.format)
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average the channels of a (frames, channels) array into float32 (frames,)."""
+    if samples.ndim == 1:
+        return samples.astype(np.float32, copy=False)
+    return samples.mean(axis=1, dtype=np.float32)
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Resample mono float32 samples with soxr; a no-op when the rates agree."""
+    if from_rate == to_rate:
+        return samples.astype(np.float32, copy=False)
+    return soxr.resample(samples, from_rate, to_rate, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
+
+
+def load_audio(source: AudioSource, sampling_rate: int, name: str | None = None) -> np.ndarray:
+    """Turn a path or raw bytes into float32 mono samples at `sampling_rate` Hz, shape (samples,)."""
+    samples, info = read_audio(source, name)
+    return resample(to_mono(samples), info.sampling_rate, sampling_rate)
+
+
+def inspect_audio(source: AudioSource, name: str | None = None) -> AudioInfo:
+    """Decode a clip fully (so corrupt data is found) and return what was found, without keeping samples."""
+    return read_audio(source, name)[1]

@@ -1,0 +1,98 @@
+"""Factories for synthetic audio, data sources and tiny models, shared by the tests and the benchmarks.
+
+Everything here is deterministic given its seed and needs no network.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+# Three classes whose clips a tiny random model can tell apart: a low tone, a high tone, and noise.
+TONE_CLASSES = {"low": 220.0, "high": 1760.0, "noise": None}
+
+
+def tone(frequency_hz: float, seconds: float, sampling_rate: int, amplitude: float = 0.5, phase: float = 0.0) -> np.ndarray:
+    """A float32 sine clip, shape (round(seconds * sampling_rate),)."""
+    t = np.arange(int(round(seconds * sampling_rate))) / sampling_rate
+    return (amplitude * np.sin(2 * np.pi * frequency_hz * t + phase)).astype(np.float32)
+
+
+def noise(seconds: float, sampling_rate: int, amplitude: float = 0.3, seed: int = 0) -> np.ndarray:
+    """Float32 white noise, shape (round(seconds * sampling_rate),)."""
+    rng = np.random.default_rng(seed)
+    return (amplitude * rng.uniform(-1, 1, int(round(seconds * sampling_rate)))).astype(np.float32)
+
+
+def class_clip(label: str, seconds: float, sampling_rate: int, seed: int = 0) -> np.ndarray:
+    """A clip of one of TONE_CLASSES with a little jitter in pitch, level and noise, so clips differ."""
+    rng = np.random.default_rng(seed)
+    frequency = TONE_CLASSES[label]
+    if frequency is None:
+        return noise(seconds, sampling_rate, amplitude=float(rng.uniform(0.2, 0.4)), seed=seed)
+    clip = tone(frequency * rng.uniform(0.95, 1.05), seconds, sampling_rate, float(rng.uniform(0.3, 0.6)), rng.uniform(0, np.pi))
+    return clip + noise(seconds, sampling_rate, amplitude=0.02, seed=seed + 1)
+
+
+def write_clip(path: Path, samples: np.ndarray, sampling_rate: int, subtype: str | None = None, format: str | None = None) -> Path:
+    """Write samples (frames,) or (frames, channels) with soundfile; the format follows the suffix unless given."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), samples, sampling_rate, subtype=subtype, format=format)
+    return path
+
+
+def make_folder_dataset(
+    root: Path,
+    labels: tuple[str, ...] = ("low", "high", "noise"),
+    clips_per_label: int = 6,
+    seconds: float = 0.5,
+    sampling_rate: int = 8000,
+    suffix: str = ".wav",
+    groups: int = 3,
+) -> Path:
+    """A folder with one subfolder per label; clip i of each label belongs to group `g{i % groups}`."""
+    root = Path(root)
+    for label in labels:
+        for i in range(clips_per_label):
+            seed = labels.index(label) * 1000 + i
+            write_clip(root / label / f"g{i % groups}_{i:03d}{suffix}", class_clip(label, seconds, sampling_rate, seed), sampling_rate)
+    return root
+
+
+def make_manifest_dataset(
+    root: Path,
+    labels: tuple[str, ...] = ("low", "high", "noise"),
+    clips_per_label: int = 6,
+    seconds: float = 0.5,
+    sampling_rate: int = 8000,
+    groups: int = 3,
+    with_split: bool = False,
+    kind: str = "csv",
+) -> Path:
+    """Clips under root/clips plus a manifest (path relative to it, label, speaker[, split]); returns its path."""
+    root = Path(root)
+    rows = []
+    for li, label in enumerate(labels):
+        for i in range(clips_per_label):
+            rel = f"clips/{label}_{i:03d}.wav"
+            write_clip(root / rel, class_clip(label, seconds, sampling_rate, li * 1000 + i), sampling_rate)
+            row = {"path": rel, "label": label, "speaker": f"spk{i % groups}"}
+            if with_split:
+                row["split"] = "test" if i % groups == 0 else "train"
+            rows.append(row)
+    if kind == "csv":
+        manifest = root / "manifest.csv"
+        with manifest.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        import json
+
+        manifest = root / "manifest.jsonl"
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
