@@ -6,6 +6,7 @@ No torchcodec, no ffmpeg subprocess. Every failure is an `AudioLoadError` naming
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -21,6 +22,12 @@ AudioSource = Union[str, Path, bytes, bytearray, memoryview]
 MIN_SAMPLING_RATE = 1_000  # Hz; below this nothing is speech or sound worth classifying
 MAX_SAMPLING_RATE = 768_000  # Hz; the highest rate real converters produce
 RESAMPLE_QUALITY = "HQ"  # soxr's high-quality preset, the same one its `resample()` defaults to
+# Sizes at or above this are "length unknown" placeholders written by streaming writers
+# (ffmpeg to a pipe writes 0xFFFFFFFF, arecord 0x7FFFF000), not a promise of that many bytes.
+STREAMING_PLACEHOLDER_BYTES = 0x7FFF_F000
+# libsndfile logs "data : 16000 (should be 15990)" when a WAV/AIFF/CAF/AU data chunk runs past the end of the file,
+# then silently shortens the clip to what is there.
+_SHORT_DATA_CHUNK = re.compile(r"^\s*(?:data|SSND|Data Size)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -92,11 +99,19 @@ def read_audio(source: AudioSource, name: str | None = None) -> tuple[np.ndarray
             )
         if info.channels < 1:
             raise AudioLoadError(where, "no audio channels")
+        log = f.extra_info
+        missing = _missing_data_bytes(log)
+        if missing:
+            raise AudioLoadError(
+                where, f"truncated or corrupt audio (data chunk is {missing} bytes shorter than its header says)"
+            )
         try:
             samples = f.read(dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as e:
             raise AudioLoadError(where, f"truncated or corrupt audio ({_reason(e)})") from e
     if samples.shape[0] == 0:
+        if "File ended unexpectedly" in log:  # an Ogg stream cut off before its last page
+            raise AudioLoadError(where, "truncated or corrupt audio (stream ends without its end-of-stream page)")
         raise AudioLoadError(where, "empty audio (0 samples)")
     # libsndfile returns what it could read of a cut-off file; the header still promises the rest
     if 0 < info.frames != samples.shape[0]:
@@ -104,6 +119,15 @@ def read_audio(source: AudioSource, name: str | None = None) -> tuple[np.ndarray
     if not np.isfinite(samples).all():
         raise AudioLoadError(where, "non-finite samples (NaN or infinity)")
     return samples, AudioInfo(info.sampling_rate, info.channels, int(samples.shape[0]), info.format)
+
+
+def _missing_data_bytes(log: str) -> int:
+    """How many bytes of sample data the header promises beyond the end of the file (0 when none are missing)."""
+    for match in _SHORT_DATA_CHUNK.finditer(log):
+        declared, present = int(match.group(1)), int(match.group(2))
+        if present < declared < STREAMING_PLACEHOLDER_BYTES:
+            return declared - present
+    return 0
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:

@@ -1,0 +1,233 @@
+"""Scores a classifier's predictions against the true labels and writes the evaluation report.
+
+Pure functions on arrays: running the model is not this module's job. `build_report` turns true label ids and the
+model's class probabilities into an `EvalReport`; `write_report` writes it as metrics.json, confusion.png and
+misclassified.csv, each via a temporary file and a rename so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+from audioclf.errors import DataError, ModelError
+
+TOP_K = 3  # alternatives listed for each misclassified clip
+METRICS_FILE = "metrics.json"
+CONFUSION_PLOT_FILE = "confusion.png"
+MISCLASSIFIED_FILE = "misclassified.csv"
+CONFUSION_PLOT_DPI = 120
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """How a classifier did on n labelled clips.
+
+    per_class maps every label, including those absent from the data (support 0), to its precision, recall, f1 and
+    support. confusion[i][j] counts clips of labels[i] predicted as labels[j]. misclassified lists the wrong clips in
+    input order, each with its TOP_K highest-scoring labels, best first.
+    """
+
+    accuracy: float
+    macro_f1: float
+    n: int
+    labels: list[str]
+    per_class: dict[str, dict]
+    confusion: list[list[int]]
+    misclassified: list[dict]
+
+    def to_dict(self) -> dict:
+        """Every field as plain JSON types, in declaration order (accuracy, macro_f1, n first)."""
+        return asdict(self)
+
+    def worst_confusions(self, k: int = 5) -> list[tuple[str, str, int]]:
+        """The k most frequent (true label, predicted label, count) mistakes, largest first; ties in label order."""
+        pairs = [
+            (count, i, j)
+            for i, row in enumerate(self.confusion)
+            for j, count in enumerate(row)
+            if i != j and count > 0
+        ]
+        pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
+        return [(self.labels[i], self.labels[j], count) for count, i, j in pairs[:k]]
+
+
+def build_report(
+    labels: list[str],
+    true_ids: Sequence[int],
+    probabilities: np.ndarray,
+    paths: Sequence[str],
+) -> EvalReport:
+    """Score predictions: probabilities (n, len(labels)) against true_ids (n,), for the clips at paths (n,).
+
+    The prediction is each row's argmax (the first label on a tie). macro_f1 is scikit-learn's default
+    `f1_score(y_true, y_pred, average="macro")`: the unweighted mean F1 over the labels that occur in the true or the
+    predicted labels, so a label the data and the model both never mention does not pull it down. per_class still
+    lists every label.
+    """
+    labels = list(labels)
+    scores = np.asarray(probabilities, dtype=np.float64)
+    y_true = np.asarray(true_ids, dtype=np.int64).reshape(-1)
+    n = len(y_true)
+    if n == 0:
+        raise DataError("no clips to evaluate: the evaluation set is empty")
+    if scores.ndim != 2 or scores.shape[1] != len(labels):
+        raise ModelError(
+            f"model gives scores shaped {scores.shape}; expected (clips, {len(labels)}) for labels {', '.join(labels)}"
+        )
+    if scores.shape[0] != n or len(paths) != n:
+        raise ValueError(
+            f"{n} true labels, {scores.shape[0]} score rows and {len(paths)} paths; expected one of each per clip"
+        )
+    if y_true.min() < 0 or y_true.max() >= len(labels):
+        raise ValueError(f"true label ids must lie in 0..{len(labels) - 1}; got {y_true.min()}..{y_true.max()}")
+    if not np.isfinite(scores).all():
+        bad = int(np.flatnonzero(~np.isfinite(scores).all(axis=1))[0])
+        raise ModelError(f"model gave non-finite scores for {paths[bad]}")
+
+    y_pred = scores.argmax(axis=1)
+    label_ids = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=label_ids, zero_division=0
+    )
+    per_class = {
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, label in enumerate(labels)
+    }
+    # stable sort of the negated scores keeps argmax's first-on-tie choice at the top
+    ranked = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_K]
+    misclassified = [
+        {
+            "path": str(paths[i]),
+            "label": labels[y_true[i]],
+            "predicted": labels[y_pred[i]],
+            "top3": [{"label": labels[j], "score": float(scores[i, j])} for j in ranked[i]],
+        }
+        for i in np.flatnonzero(y_pred != y_true)
+    ]
+    return EvalReport(
+        accuracy=float(np.mean(y_pred == y_true)),
+        macro_f1=float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        n=n,
+        labels=labels,
+        per_class=per_class,
+        confusion=confusion_matrix(y_true, y_pred, labels=label_ids).tolist(),
+        misclassified=misclassified,
+    )
+
+
+def write_report(report: EvalReport, report_dir: Path) -> dict[str, Path]:
+    """Write metrics.json (the whole report), confusion.png and misclassified.csv into report_dir.
+
+    Returns {"metrics", "confusion_plot", "misclassified"} -> the path written.
+    """
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    metrics = report_dir / METRICS_FILE
+    _write_atomically(metrics, lambda f: f.write((json.dumps(report.to_dict(), indent=2) + "\n").encode()))
+    written = {
+        "metrics": metrics,
+        "confusion_plot": plot_confusion(report, report_dir / CONFUSION_PLOT_FILE),
+        "misclassified": report_dir / MISCLASSIFIED_FILE,
+    }
+    _write_atomically(written["misclassified"], lambda f: f.write(_misclassified_csv(report).encode()))
+    return written
+
+
+def plot_confusion(report: EvalReport, path: Path) -> Path:
+    """Draw the confusion matrix as a PNG at path: true labels down, predicted across, counts in the cells."""
+    figure = _confusion_figure(report)
+    path = Path(path)
+    _write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=CONFUSION_PLOT_DPI, bbox_inches="tight"))
+    return path
+
+
+def format_report(report: EvalReport, worst: int = 5) -> str:
+    """A short human summary: accuracy, macro-F1 and n, a per-class table, and the most confused pairs."""
+    width = max(len("label"), *(len(label) for label in report.labels))
+    lines = [
+        f"accuracy {report.accuracy:.4f}   macro-F1 {report.macro_f1:.4f}   n {report.n}",
+        "",
+        f"{'label':<{width}}  precision  recall      f1  support",
+    ]
+    for label in report.labels:
+        c = report.per_class[label]
+        lines.append(f"{label:<{width}}  {c['precision']:9.3f}  {c['recall']:6.3f}  {c['f1']:6.3f}  {c['support']:7d}")
+    confusions = report.worst_confusions(worst)
+    lines.append("")
+    if confusions:
+        lines.append("most confused (true -> predicted):")
+        lines += [f"  {true} -> {predicted}: {count}" for true, predicted, count in confusions]
+    else:
+        lines.append("no misclassified clips")
+    return "\n".join(lines)
+
+
+def _confusion_figure(report: EvalReport) -> Figure:
+    counts = np.asarray(report.confusion, dtype=np.int64)
+    n_labels = len(report.labels)
+    side_inches = max(4.0, 0.55 * n_labels + 2.0)  # ~0.55 inch per cell keeps 3-digit counts legible at 14 labels
+    figure = Figure(figsize=(side_inches + 1.0, side_inches))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    image = ax.imshow(counts, cmap="Blues", vmin=0)
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = np.arange(n_labels)
+    ax.set_xticks(ticks, labels=report.labels, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(ticks, labels=report.labels)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    ax.set_title(f"confusion matrix (n={report.n}, accuracy {report.accuracy:.3f})")
+    font_size = 10 if n_labels <= 8 else 8
+    dark = counts.max() / 2 if counts.size else 0
+    for i in range(n_labels):
+        for j in range(n_labels):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=font_size,
+                    color="white" if counts[i, j] > dark else "black")
+    figure.tight_layout()
+    return figure
+
+
+def _misclassified_csv(report: EvalReport) -> str:
+    ranks = range(1, TOP_K + 1)
+    columns = ["path", "label", "predicted"] + [f"top{r}_{part}" for r in ranks for part in ("label", "score")]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in report.misclassified:
+        flat = {"path": row["path"], "label": row["label"], "predicted": row["predicted"]}
+        for rank, alternative in enumerate(row["top3"], start=1):
+            flat[f"top{rank}_label"] = alternative["label"]
+            flat[f"top{rank}_score"] = repr(alternative["score"])
+        writer.writerow(flat)
+    return buffer.getvalue()
+
+
+def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    # a temp file in the same directory, so the rename cannot cross file systems
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the report private to whoever ran the evaluation
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
