@@ -1,0 +1,95 @@
+"""Features: cut clips to the model's window and turn batches of samples into model inputs.
+
+Decoding is lazy: a dataset transform decodes and crops each row when the data loader asks for it, and the
+collator runs the model's own feature extractor on the batch. Nothing holds the whole corpus in RAM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+CROPS = ("random", "center", "start")
+
+
+def window_samples(seconds: float, sampling_rate: int) -> int:
+    return int(round(seconds * sampling_rate))
+
+
+def crop(samples: np.ndarray, length: int, how: str, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Cut a clip to at most `length` samples: a random slice (training), the centre, or the start
+    (what the feature extractors' truncation and the pipeline do). Shorter clips are returned whole."""
+    if samples.shape[0] <= length:
+        return samples
+    if how == "start":
+        offset = 0
+    elif how == "center":
+        offset = (samples.shape[0] - length) // 2
+    elif how == "random":
+        offset = int((rng or np.random.default_rng()).integers(0, samples.shape[0] - length + 1))
+    else:
+        raise ValueError(f"crop must be one of {CROPS}, not {how!r}")
+    return samples[offset : offset + length]
+
+
+class ClipTransform:
+    """A `Dataset.set_transform` callable: decodes each row's audio, resamples, crops to the window.
+
+    Returns columns `samples` (float32 arrays) and `label`. The random crop draws from a seeded generator,
+    so a run with the same seed sees the same crops, and each epoch sees different ones.
+    """
+
+    def __init__(self, decode: Callable[[dict, int], np.ndarray], sampling_rate: int, window_seconds: float | None,
+                 how: str, seed: int = 0):
+        self.decode = decode
+        self.sampling_rate = sampling_rate
+        self.length = None if window_seconds is None else window_samples(window_seconds, sampling_rate)
+        self.how = how
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, batch: dict) -> dict:
+        clips = []
+        for audio in batch["audio"]:
+            samples = self.decode(audio, self.sampling_rate)
+            clips.append(samples if self.length is None else crop(samples, self.length, self.how, self.rng))
+        return {"samples": clips, "label": batch["label"]}
+
+
+class BatchFeaturizer:
+    """Turns a list of mono clips at the model's rate into a batch of model inputs (torch tensors).
+
+    Whisper: the feature extractor pads or truncates each clip to the window and makes log-mel frames.
+    wav2vec2 family: raw samples padded to the longest clip, with an attention mask only for models
+    built to take one.
+    """
+
+    def __init__(self, feature_extractor, model_type: str, uses_attention_mask: bool):
+        self.feature_extractor = feature_extractor
+        self.model_type = model_type
+        self.uses_attention_mask = uses_attention_mask
+
+    def __call__(self, clips: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        fe = self.feature_extractor
+        if self.model_type == "whisper":
+            inputs = fe(list(clips), sampling_rate=fe.sampling_rate, return_tensors="pt")
+            return {"input_features": inputs["input_features"]}
+        kwargs = {"padding": True}
+        if self.model_type in ("audio-spectrogram-transformer",):
+            kwargs = {}
+        inputs = fe(list(clips), sampling_rate=fe.sampling_rate, return_tensors="pt",
+                    return_attention_mask=self.uses_attention_mask, **kwargs)
+        return {key: value for key, value in inputs.items() if key != "attention_mask" or self.uses_attention_mask}
+
+
+class TrainingCollator:
+    """The Trainer's data collator: model inputs for the clips plus their `labels`."""
+
+    def __init__(self, featurizer: BatchFeaturizer):
+        self.featurizer = featurizer
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.featurizer([row["samples"] for row in rows])
+        batch["labels"] = torch.tensor([row["label"] for row in rows], dtype=torch.long)
+        return batch

@@ -1,0 +1,408 @@
+"""Training: the guide's fine-tuning workflow on the transformers Trainer, with presets that learn.
+
+`train()` reads top to bottom in the order of the work: check the output, load the clips, pick the window,
+build the model, set up lazy features, run the Trainer, evaluate, and write the model directory atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from audioclf.data import ClipSet, DataSpec, clip_samples, load_clips, split_dataset
+from audioclf.errors import ConfigError, DataError, ModelError, OutputExistsError
+from audioclf.features import CROPS, BatchFeaturizer, ClipTransform, TrainingCollator
+from audioclf.model import ModelBundle, build_model, fit_whisper_window, freeze_front_end, load_model, whole_seconds
+
+MAX_WINDOW_SECONDS = 30  # Whisper's native window; longer clips are cropped
+WINDOW_PERCENTILE = 95  # the default window covers this share of training clips whole
+
+
+@dataclass
+class ModelOptions:
+    model: str | None = field(default=None, metadata={"help": "Hub id or local directory of a checkpoint to fine-tune."})
+    model_config: str | None = field(
+        default=None, metadata={"help": "Build an untrained model from a config: a JSON/YAML file or a known name."}
+    )
+    weighted_layer_sum: bool | None = field(
+        default=None, metadata={"help": "Classify from a learned weighted sum of all encoder layers (SUPERB style)."}
+    )
+
+
+@dataclass
+class TrainOptions:
+    preset: str = field(default="default", metadata={"help": "Starting values: 'default' (learns on a CPU) or 'seed' (the guide's recipe)."})
+    max_seconds: float | None = field(
+        default=None, metadata={"help": "Clip window in seconds; default: the 95th percentile of training clip durations, rounded up."}
+    )
+    train_crop: str = field(default="random", metadata={"help": "How training clips are cut to the window: random, center or start."})
+    eval_crop: str = field(default="start", metadata={"help": "How evaluation clips are cut to the window: random, center or start."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the encoder."})
+    head_learning_rate: float | None = field(default=1e-3, metadata={"help": "Peak learning rate of the classification head (default: same as the encoder)."})
+    batch_size: int = field(default=8, metadata={"help": "Training clips per device per step."})
+    eval_batch_size: int = field(default=16, metadata={"help": "Evaluation clips per device per step."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps whose gradients are summed before an update."})
+    epochs: float = field(default=8, metadata={"help": "Maximum number of passes over the training clips."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of the updates spent warming the learning rate up."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many updates."})
+    early_stopping_patience: int | None = field(
+        default=3, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never)."}
+    )
+    freeze_front_end: bool = field(default=True, metadata={"help": "Freeze the convolutional feature encoder."})
+    class_weights: bool = field(default=False, metadata={"help": "Weight the loss by inverse label frequency (for imbalanced data)."})
+    validation_size: float = field(
+        default=0.15, metadata={"help": "Share of training clips held out for early stopping (0: evaluate on the test split, as the guide does)."}
+    )
+    seed: int = field(default=42, metadata={"help": "Random seed for the model head, crops, splits and data order."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)."})
+
+
+# The guide's recipe, value for value, so its result can be reproduced (and seen to learn almost nothing).
+SEED_PRESET = dict(
+    max_seconds=1.0, train_crop="start", eval_crop="start", learning_rate=3e-5, head_learning_rate=None,
+    batch_size=32, eval_batch_size=32, gradient_accumulation_steps=4, epochs=10, warmup_ratio=0.1,
+    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False,
+    class_weights=False, validation_size=0.0,
+)
+PRESETS: dict[str, dict] = {"seed": SEED_PRESET, "default": {}}
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    metrics: dict
+
+
+def resolve_options(preset: str, overrides: dict) -> TrainOptions:
+    """The preset's values, then any explicitly given overrides (config file, then flags)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset {preset!r}: unknown; choose one of {', '.join(PRESETS)}")
+    known = {f.name for f in fields(TrainOptions)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    options = replace(TrainOptions(preset=preset), **PRESETS[preset])
+    options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
+    for name in ("train_crop", "eval_crop"):
+        if getattr(options, name) not in CROPS:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(options, name)!r}: choose one of {', '.join(CROPS)}")
+    if options.max_seconds is not None and options.max_seconds <= 0:
+        raise ConfigError(f"--max-seconds {options.max_seconds}: must be positive")
+    if not 0 <= options.validation_size < 1:
+        raise ConfigError(f"--validation-size {options.validation_size}: must be in [0, 1)")
+    return options
+
+
+def training_arguments(options: TrainOptions, checkpoint_dir: Path, progress: bool = True,
+                       push_to_hub: bool = False, hub_model_id: str | None = None) -> TrainingArguments:
+    """The Trainer's arguments for these options; every epoch is evaluated and checkpointed."""
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        learning_rate=options.learning_rate,
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.eval_batch_size,
+        gradient_accumulation_steps=options.gradient_accumulation_steps,
+        num_train_epochs=options.epochs,
+        warmup_steps=options.warmup_ratio,
+        weight_decay=options.weight_decay,
+        logging_steps=options.logging_steps,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
+        seed=options.seed,
+        data_seed=options.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        report_to="none",
+        disable_tqdm=not progress,
+        use_cpu=not torch.cuda.is_available(),
+        push_to_hub=push_to_hub,
+        hub_model_id=hub_model_id,
+    )
+
+
+def _prepare_model(model_opts: ModelOptions, labels: list[str], seed: int) -> ModelBundle:
+    if bool(model_opts.model) == bool(model_opts.model_config):
+        raise ConfigError("give exactly one of --model (a checkpoint) or --model-config (an untrained model)")
+    if model_opts.model_config:
+        bundle = build_model(model_opts.model_config, labels, seed=seed)
+    else:
+        torch.manual_seed(seed)
+        bundle = load_model(model_opts.model, labels)
+    if model_opts.weighted_layer_sum is not None and model_opts.weighted_layer_sum != bundle.model.config.use_weighted_layer_sum:
+        raise ConfigError("--weighted-layer-sum must be set in the checkpoint's config to change it")
+    return bundle
+
+
+def _check_hub_reachable() -> None:
+    try:
+        import huggingface_hub
+
+        huggingface_hub.whoami()
+    except Exception as e:
+        raise ModelError(f"--push-to-hub: cannot reach the Hugging Face Hub or not logged in ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); train without it and upload later") from e
+
+
+class _QuietProgress(ProgressCallback):
+    """Trainer's progress bars without its raw dict logging; EpochLine prints the summary."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
+class EpochLine(TrainerCallback):
+    """One line of metrics per evaluated epoch, and the history for metrics.json."""
+
+    def __init__(self, echo):
+        self.echo = echo
+        self.history: list[dict] = []
+        self._train_loss: float | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self._train_loss = float(logs["loss"])
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not metrics or state.epoch is None:
+            return
+        row = {"epoch": round(float(state.epoch), 2), "step": state.global_step, "train_loss": self._train_loss,
+               "eval_loss": metrics.get("eval_loss"), "eval_accuracy": metrics.get("eval_accuracy")}
+        self.history.append(row)
+        train_loss = "-" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
+        self.echo(f"epoch {row['epoch']:g}: train loss {train_loss}  eval loss {row['eval_loss']:.4f}  "
+                  f"eval accuracy {row['eval_accuracy']:.4f}")
+
+
+def _accuracy(prediction) -> dict:
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return {"accuracy": float((np.argmax(logits, axis=-1) == prediction.label_ids).mean())}
+
+
+def _weighted_loss(weights: torch.Tensor):
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"]
+        return torch.nn.functional.cross_entropy(logits, labels.to(logits.device), weight=weights.to(logits.device))
+
+    return loss
+
+
+def _optimizer(model, options: TrainOptions):
+    """AdamW with the head (projector, classifier, layer weights) on its own learning rate."""
+    head, encoder = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (head if name.split(".")[0] in ("projector", "classifier", "layer_weights") else encoder).append(param)
+    head_lr = options.head_learning_rate or options.learning_rate
+    groups = [{"params": encoder, "lr": options.learning_rate}, {"params": head, "lr": head_lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=options.weight_decay)
+
+
+def _output_paths(output: Path) -> tuple[Path, Path]:
+    work = output.with_name(output.name + ".partial")
+    return work, work / "checkpoints"
+
+
+def _install(staging: Path, output: Path) -> None:
+    """Move a finished model directory into place; an old one (with --overwrite) goes only after."""
+    old = None
+    if output.exists():
+        old = output.with_name(output.name + f".old-{os.getpid()}")
+        os.replace(output, old)
+    os.replace(staging, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, output: Path, *, overwrite: bool = False,
+          resume: bool = False, push_to_hub: bool = False, hub_model_id: str | None = None, progress: bool = True,
+          echo=print, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+    """Fine-tune a classifier on `data` and write a Hugging Face model directory to `output`.
+
+    Work happens in `<output>.partial/` (checkpoints, for --resume); `output` appears only when complete.
+    """
+    started = time.monotonic()
+    output = Path(output)
+    work, checkpoints = _output_paths(output)
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"--output {output}: already exists; pass --overwrite to replace it")
+    last_checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume and last_checkpoint is None:
+        raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoints}")
+    if not resume and work.exists():
+        shutil.rmtree(work)
+    if push_to_hub:
+        _check_hub_reachable()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+
+    clips = load_clips(data, split=True, progress=progress)
+    train_split, eval_split, test_split = _choose_splits(clips, options, data)
+    echo(f"data: {len(clips.labels)} labels; {len(train_split)} training, {len(eval_split)} evaluation"
+         + (f", {len(test_split)} test clips" if test_split is not None else " clips"))
+
+    bundle = _prepare_model(model_opts, clips.labels, options.seed)
+    window = choose_window_from(train_split, options.max_seconds, bundle.model_type == "whisper")
+    fit_whisper_window(bundle, int(window)) if bundle.model_type == "whisper" else None
+    if options.freeze_front_end:
+        freeze_front_end(bundle.model)
+    echo(f"model: {bundle.model_type}, {sum(p.numel() for p in bundle.model.parameters()) / 1e6:.1f}M parameters, "
+         f"window {window:g} s at {bundle.sampling_rate} Hz")
+
+    train_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed))
+    eval_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
+    featurizer = BatchFeaturizer(bundle.feature_extractor, bundle.model_type, bundle.uses_attention_mask)
+
+    args = training_arguments(options, checkpoints, progress, push_to_hub, hub_model_id)
+    epoch_line = EpochLine(echo)
+    trainer_callbacks = [epoch_line, *(callbacks or [])]
+    if options.early_stopping_patience:
+        trainer_callbacks.append(EarlyStoppingCallback(options.early_stopping_patience))
+    loss = None
+    if options.class_weights:
+        counts = np.bincount(np.asarray(train_split.with_format(None)["label"]), minlength=len(clips.labels))
+        loss = _weighted_loss(torch.tensor(len(train_split) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32))
+    trainer = Trainer(
+        model=bundle.model, args=args, train_dataset=train_split, eval_dataset=eval_split,
+        data_collator=TrainingCollator(featurizer), compute_metrics=_accuracy, callbacks=trainer_callbacks,
+        compute_loss_func=loss, optimizers=(_optimizer(bundle.model, options), None),
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress:
+        trainer.add_callback(_QuietProgress())
+    trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
+
+    metrics = {"labels": clips.labels, "window_seconds": window, "history": epoch_line.history,
+               "problems": [asdict(p) for p in clips.problems]}
+    metrics["validation"] = _strip(trainer.evaluate(eval_split))
+    if test_split is not None:
+        test_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
+        metrics["test"] = _strip(trainer.evaluate(test_split, metric_key_prefix="test"))
+    metrics["train_seconds"] = round(time.monotonic() - started, 1)
+
+    staging = work / "final"
+    if staging.exists():
+        shutil.rmtree(staging)
+    bundle.model = trainer.model
+    bundle.save(staging)
+    resolved = {"data": asdict(data), "model": asdict(model_opts), "train": asdict(options), "window_seconds": window,
+                "versions": {"transformers": transformers.__version__, "torch": torch.__version__}}
+    (staging / "train_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (staging / "labels.txt").write_text("".join(label + "\n" for label in clips.labels))
+    if push_to_hub:
+        trainer.push_to_hub()
+    _install(staging, output)
+    shutil.rmtree(work, ignore_errors=True)
+    return TrainResult(output=output, metrics=metrics)
+
+
+def choose_window_from(dataset, requested: float | None, whisper: bool) -> float:
+    """The clip window: as requested, or the 95th percentile of the training clips' durations rounded up
+    to whole seconds, so most clips are seen whole and little of each window is padding."""
+    if requested is not None:
+        seconds = float(requested)
+    else:
+        durations = np.asarray(dataset.with_format(None)["duration_seconds"], dtype=float)
+        seconds = float(whole_seconds(np.percentile(durations, WINDOW_PERCENTILE)))
+    seconds = min(seconds, MAX_WINDOW_SECONDS)
+    return float(whole_seconds(seconds)) if whisper else seconds
+
+
+def _choose_splits(clips: ClipSet, options: TrainOptions, data: DataSpec):
+    """(train, eval, test-or-None). Evaluation uses the source's validation split, or a share of the
+    training clips held out (group-disjoint with a group column), or, with validation_size 0, the test split."""
+    splits = clips.splits
+    if "train" not in splits:
+        raise DataError(f"{data.data}: no training split (found: {', '.join(splits)})")
+    test = splits["test"] if "test" in splits else None
+    if "validation" in splits:
+        return splits["train"], splits["validation"], test
+    if options.validation_size > 0:
+        held = split_dataset(splits["train"], options.validation_size, options.seed, clips.group_column,
+                             names=("train", "validation"))
+        return held["train"], held["validation"], test
+    if test is None:
+        raise DataError(f"{data.data}: nothing to evaluate on; give it a test split or a --validation-size above 0")
+    return splits["train"], test, None
+
+
+def _strip(metrics: dict) -> dict:
+    out = {}
+    for key, value in metrics.items():
+        for prefix in ("eval_", "test_"):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        if key in ("accuracy", "loss"):
+            out[key] = float(value)
+    return out
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs, resolved from preset, config file and flags."""
+
+    data: DataSpec
+    model: ModelOptions
+    train: TrainOptions
+
+
+SECTIONS = {"data": DataSpec, "model": ModelOptions, "train": TrainOptions}
+
+
+def read_config_file(path: Path) -> dict:
+    """Options from a YAML or JSON file, flat (`learning_rate: 1e-4`) or in the sections that
+    train_config.json uses (`data:`, `model:`, `train:`). Dashes in keys are read as underscores."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        import yaml
+
+        loaded = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except Exception as e:
+        raise ConfigError(f"--config {path}: not valid YAML/JSON ({str(e).splitlines()[0]})") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option names to values")
+    values: dict = {}
+    for key, value in loaded.items():
+        key = str(key).replace("-", "_")
+        if key in SECTIONS and isinstance(value, dict):
+            values.update({str(k).replace("-", "_"): v for k, v in value.items()})
+        elif key in ("window_seconds", "versions"):  # written by train() for the record, not options
+            continue
+        else:
+            values[key] = value
+    return values
+
+
+def resolve_run(values: dict) -> RunConfig:
+    """Map a flat dict of option values (file values overlaid by flags; None means not given) onto the
+    option groups. `seed` feeds both the data split and training. Unknown names are an error."""
+    values = {k: v for k, v in values.items() if v is not None}
+    valid = {f.name for section in SECTIONS.values() for f in fields(section)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    if "data" not in values:
+        raise ConfigError("--data is required: a folder of label subfolders, a CSV/JSONL manifest or a dataset")
+    pick = lambda cls: {f.name: values[f.name] for f in fields(cls) if f.name in values}  # noqa: E731
+    train_values = pick(TrainOptions)
+    options = resolve_options(train_values.pop("preset", "default"), train_values)
+    return RunConfig(data=DataSpec(**pick(DataSpec)), model=ModelOptions(**pick(ModelOptions)), train=options)
