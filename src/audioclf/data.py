@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,6 +23,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from audioclf.audio import AudioSource, inspect_audio, load_audio
+from audioclf.config import DataSpec
 from audioclf.errors import AudioLoadError, ColumnError, ConfigError, DataError
 
 DEMO_MANIFEST = Path(__file__).parent / "demo_data" / "minds14_synth" / "manifest.csv"
@@ -41,48 +42,6 @@ SCAN_COLUMNS = ("duration_seconds", "sampling_rate", "channels")  # what scannin
 RESERVED_COLUMNS = ("audio", "label", *SCAN_COLUMNS)
 SCAN_BATCH_SIZE = 64  # rows read at a time while scanning: path/bytes of 64 clips, never their decoded samples
 HUB_PROBE_TIMEOUT_SECONDS = 5.0  # one quick request before load_dataset, whose own retries take ~30 s offline
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Where the clips come from and how to split them."""
-
-    data: str = field(
-        metadata={
-            "help": "Data source: a folder with one subfolder per label, a .csv/.tsv/.jsonl manifest, a folder made by "
-            "datasets' save_to_disk, parquet file(s) (file, folder or glob), or a Hugging Face Hub dataset id."
-        }
-    )
-    audio_column: str | None = field(
-        default=None,
-        metadata={"help": "Column holding the audio (paths or an Audio feature). Default: 'path' for manifests, 'audio' otherwise."},
-    )
-    label_column: str | None = field(default=None, metadata={"help": "Column holding the label. Default: 'label'."})
-    group_column: str | None = field(
-        default=None,
-        metadata={"help": "Column naming groups (e.g. speaker, voice) that must not be on both sides of the split."},
-    )
-    data_config: str | None = field(default=None, metadata={"help": "Hub dataset config name, e.g. 'en-US'."})
-    data_split: str | None = field(
-        default=None,
-        metadata={"help": "Use only this split of the source (Hub, save_to_disk, parquet or manifest split), e.g. 'train'."},
-    )
-    test_size: float = field(
-        default=0.2, metadata={"help": "Fraction of clips held out for testing when the source brings no splits."}
-    )
-    seed: int = field(default=42, metadata={"help": "Seed of the train/test split."})
-    strict: bool = field(default=False, metadata={"help": "Fail on the first unreadable clip instead of skipping it."})
-
-    def __post_init__(self):
-        if not str(self.data).strip():
-            raise ConfigError("no data source given: pass a folder, a manifest, a save_to_disk folder, parquet or a Hub id")
-        if not 0.0 < self.test_size < 1.0:
-            raise ConfigError(f"--test-size {self.test_size} must be between 0 and 1 (a fraction of the clips)")
-
-
-def spec_help(name: str) -> str:
-    """The help text of a DataSpec field, so the CLI says exactly what the library documents."""
-    return next(f.metadata["help"] for f in fields(DataSpec) if f.name == name)
 
 
 @dataclass(frozen=True)
@@ -107,6 +66,7 @@ class ClipSet:
     problems: list[ClipProblem]
     group_column: str | None
     source: str
+    derived_split: bool = False  # True when the train/test split was made here, not brought by the source
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -157,6 +117,7 @@ def load_clips(spec: DataSpec, split: bool = True, progress: bool = True) -> Cli
     The source's own splits are kept when it has more than one; a single split is split by `split_dataset`.
     With `split=False` everything is one split named "all".
     """
+    derived = False
     with _datasets_progress(progress):
         source = _open_source(spec)
         if not split and len(source.splits) > 1:
@@ -171,12 +132,14 @@ def load_clips(spec: DataSpec, split: bool = True, progress: bool = True) -> Cli
         elif len(splits) == 1:
             (only,) = splits.values()
             splits = dict(split_dataset(only, spec.test_size, spec.seed, spec.group_column))
+            derived = True
         elif "train" not in splits:
             raise DataError(f"{source.where} has the splits {', '.join(splits)} but no 'train' split; choose one with --data-split")
         else:
             splits = {name: splits[name] for name in SPLIT_NAMES if name in splits}
     problems = [p for scan in scans.values() for p in scan.problems]
-    return ClipSet(datasets.DatasetDict(splits), labels, source.top_problems + problems, spec.group_column, source.where)
+    return ClipSet(datasets.DatasetDict(splits), labels, source.top_problems + problems, spec.group_column, source.where,
+                   derived_split=derived)
 
 
 def inspect_clips(spec: DataSpec, progress: bool = True) -> InspectReport:

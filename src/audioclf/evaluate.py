@@ -231,3 +231,34 @@ def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def evaluate_clips(classifier, clips, dataset, progress: bool = True, chunk: int = 64) -> EvalReport:
+    """Run `classifier` (an infer.Classifier) over one split of a ClipSet and score it.
+
+    The model's label set decides: a clip whose label the model does not know is a DataError naming them.
+    Clips are decoded a chunk at a time, never all at once.
+    """
+    from tqdm import tqdm
+
+    from audioclf.data import clip_samples
+
+    model_ids = {label: i for i, label in enumerate(classifier.labels)}
+    rows = dataset.with_format(None).select_columns(["audio", "label"])
+    data_labels = [clips.labels[i] for i in sorted(set(rows["label"]))]
+    unknown = [label for label in data_labels if label not in model_ids]
+    if unknown:
+        raise DataError(
+            f"{clips.source}: label(s) {', '.join(unknown)} are not known to the model; it knows: {', '.join(classifier.labels)}"
+        )
+    true_ids, paths, parts = [], [], []
+    bar = tqdm(total=len(rows), desc="evaluating", unit="clip", disable=not progress)
+    for start in range(0, len(rows), chunk):
+        batch = rows[start : start + chunk]
+        samples = [clip_samples(audio, classifier.sampling_rate) for audio in batch["audio"]]
+        parts.append(classifier.probabilities(samples))
+        true_ids += [model_ids[clips.labels[i]] for i in batch["label"]]
+        paths += [audio.get("path") or f"row {start + k}" for k, audio in enumerate(batch["audio"])]
+        bar.update(len(samples))
+    bar.close()
+    return build_report(classifier.labels, true_ids, np.concatenate(parts), paths)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-CROPS = ("random", "center", "start")
+from audioclf.config import CROPS
 
 
 def window_samples(seconds: float, sampling_rate: int) -> int:

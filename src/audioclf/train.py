@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +20,10 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from audioclf.data import ClipSet, DataSpec, clip_samples, load_clips, split_dataset
+from audioclf.config import DataSpec, ModelOptions, TrainOptions
+from audioclf.data import ClipSet, clip_samples, load_clips, split_dataset
 from audioclf.errors import ConfigError, DataError, ModelError, OutputExistsError
-from audioclf.features import CROPS, BatchFeaturizer, ClipTransform, TrainingCollator
+from audioclf.features import BatchFeaturizer, ClipTransform, TrainingCollator
 from audioclf.model import ModelBundle, build_model, fit_whisper_window, freeze_front_end, load_model, whole_seconds
 
 MAX_WINDOW_SECONDS = 30  # Whisper's native window; longer clips are cropped
@@ -30,79 +31,9 @@ WINDOW_PERCENTILE = 95  # the default window covers this share of training clips
 
 
 @dataclass
-class ModelOptions:
-    model: str | None = field(default=None, metadata={"help": "Hub id or local directory of a checkpoint to fine-tune."})
-    model_config: str | None = field(
-        default=None, metadata={"help": "Build an untrained model from a config: a JSON/YAML file or a known name."}
-    )
-    weighted_layer_sum: bool | None = field(
-        default=None, metadata={"help": "Classify from a learned weighted sum of all encoder layers (SUPERB style)."}
-    )
-
-
-@dataclass
-class TrainOptions:
-    preset: str = field(default="default", metadata={"help": "Starting values: 'default' (learns on a CPU) or 'seed' (the guide's recipe)."})
-    max_seconds: float | None = field(
-        default=None, metadata={"help": "Clip window in seconds; default: the 95th percentile of training clip durations, rounded up."}
-    )
-    train_crop: str = field(default="random", metadata={"help": "How training clips are cut to the window: random, center or start."})
-    eval_crop: str = field(default="start", metadata={"help": "How evaluation clips are cut to the window: random, center or start."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the encoder."})
-    head_learning_rate: float | None = field(default=1e-3, metadata={"help": "Peak learning rate of the classification head (default: same as the encoder)."})
-    batch_size: int = field(default=8, metadata={"help": "Training clips per device per step."})
-    eval_batch_size: int = field(default=16, metadata={"help": "Evaluation clips per device per step."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps whose gradients are summed before an update."})
-    epochs: float = field(default=8, metadata={"help": "Maximum number of passes over the training clips."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of the updates spent warming the learning rate up."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many updates."})
-    early_stopping_patience: int | None = field(
-        default=3, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never)."}
-    )
-    freeze_front_end: bool = field(default=True, metadata={"help": "Freeze the convolutional feature encoder."})
-    class_weights: bool = field(default=False, metadata={"help": "Weight the loss by inverse label frequency (for imbalanced data)."})
-    validation_size: float = field(
-        default=0.15, metadata={"help": "Share of training clips held out for early stopping (0: evaluate on the test split, as the guide does)."}
-    )
-    seed: int = field(default=42, metadata={"help": "Random seed for the model head, crops, splits and data order."})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)."})
-
-
-# The guide's recipe, value for value, so its result can be reproduced (and seen to learn almost nothing).
-SEED_PRESET = dict(
-    max_seconds=1.0, train_crop="start", eval_crop="start", learning_rate=3e-5, head_learning_rate=None,
-    batch_size=32, eval_batch_size=32, gradient_accumulation_steps=4, epochs=10, warmup_ratio=0.1,
-    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False,
-    class_weights=False, validation_size=0.0,
-)
-PRESETS: dict[str, dict] = {"seed": SEED_PRESET, "default": {}}
-
-
-@dataclass
 class TrainResult:
     output: Path
     metrics: dict
-
-
-def resolve_options(preset: str, overrides: dict) -> TrainOptions:
-    """The preset's values, then any explicitly given overrides (config file, then flags)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"--preset {preset!r}: unknown; choose one of {', '.join(PRESETS)}")
-    known = {f.name for f in fields(TrainOptions)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-    options = replace(TrainOptions(preset=preset), **PRESETS[preset])
-    options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
-    for name in ("train_crop", "eval_crop"):
-        if getattr(options, name) not in CROPS:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(options, name)!r}: choose one of {', '.join(CROPS)}")
-    if options.max_seconds is not None and options.max_seconds <= 0:
-        raise ConfigError(f"--max-seconds {options.max_seconds}: must be positive")
-    if not 0 <= options.validation_size < 1:
-        raise ConfigError(f"--validation-size {options.validation_size}: must be in [0, 1)")
-    return options
 
 
 def training_arguments(options: TrainOptions, checkpoint_dir: Path, progress: bool = True,
@@ -173,14 +104,21 @@ class EpochLine(TrainerCallback):
         self.echo = echo
         self.history: list[dict] = []
         self._train_loss: float | None = None
+        self._training = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._training = False
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self._train_loss = float(logs["loss"])
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not metrics or state.epoch is None:
-            return
+        if not self._training or not metrics or state.epoch is None:
+            return  # the final evaluations after training are reported by train() itself
         row = {"epoch": round(float(state.epoch), 2), "step": state.global_step, "train_loss": self._train_loss,
                "eval_loss": metrics.get("eval_loss"), "eval_accuracy": metrics.get("eval_accuracy")}
         self.history.append(row)
@@ -237,6 +175,7 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     Work happens in `<output>.partial/` (checkpoints, for --resume); `output` appears only when complete.
     """
     started = time.monotonic()
+    transformers.utils.logging.disable_progress_bar()  # per-shard save bars; the Trainer keeps its own
     output = Path(output)
     work, checkpoints = _output_paths(output)
     if output.exists() and not overwrite:
@@ -261,7 +200,7 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     fit_whisper_window(bundle, int(window)) if bundle.model_type == "whisper" else None
     if options.freeze_front_end:
         freeze_front_end(bundle.model)
-    echo(f"model: {bundle.model_type}, {sum(p.numel() for p in bundle.model.parameters()) / 1e6:.1f}M parameters, "
+    echo(f"model: {bundle.model_type}, {sum(p.numel() for p in bundle.model.parameters()):,} parameters, "
          f"window {window:g} s at {bundle.sampling_rate} Hz")
 
     train_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed))
@@ -288,6 +227,7 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
         trainer.add_callback(_QuietProgress())
     trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
 
+    trainer.remove_callback(EarlyStoppingCallback)  # it warns on the final, differently named evaluations
     metrics = {"labels": clips.labels, "window_seconds": window, "history": epoch_line.history,
                "problems": [asdict(p) for p in clips.problems]}
     metrics["validation"] = _strip(trainer.evaluate(eval_split))
@@ -352,57 +292,3 @@ def _strip(metrics: dict) -> dict:
         if key in ("accuracy", "loss"):
             out[key] = float(value)
     return out
-
-
-@dataclass
-class RunConfig:
-    """Everything one training run needs, resolved from preset, config file and flags."""
-
-    data: DataSpec
-    model: ModelOptions
-    train: TrainOptions
-
-
-SECTIONS = {"data": DataSpec, "model": ModelOptions, "train": TrainOptions}
-
-
-def read_config_file(path: Path) -> dict:
-    """Options from a YAML or JSON file, flat (`learning_rate: 1e-4`) or in the sections that
-    train_config.json uses (`data:`, `model:`, `train:`). Dashes in keys are read as underscores."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--config {path}: no such file")
-    try:
-        import yaml
-
-        loaded = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-    except Exception as e:
-        raise ConfigError(f"--config {path}: not valid YAML/JSON ({str(e).splitlines()[0]})") from e
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of option names to values")
-    values: dict = {}
-    for key, value in loaded.items():
-        key = str(key).replace("-", "_")
-        if key in SECTIONS and isinstance(value, dict):
-            values.update({str(k).replace("-", "_"): v for k, v in value.items()})
-        elif key in ("window_seconds", "versions"):  # written by train() for the record, not options
-            continue
-        else:
-            values[key] = value
-    return values
-
-
-def resolve_run(values: dict) -> RunConfig:
-    """Map a flat dict of option values (file values overlaid by flags; None means not given) onto the
-    option groups. `seed` feeds both the data split and training. Unknown names are an error."""
-    values = {k: v for k, v in values.items() if v is not None}
-    valid = {f.name for section in SECTIONS.values() for f in fields(section)}
-    unknown = sorted(set(values) - valid)
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
-    if "data" not in values:
-        raise ConfigError("--data is required: a folder of label subfolders, a CSV/JSONL manifest or a dataset")
-    pick = lambda cls: {f.name: values[f.name] for f in fields(cls) if f.name in values}  # noqa: E731
-    train_values = pick(TrainOptions)
-    options = resolve_options(train_values.pop("preset", "default"), train_values)
-    return RunConfig(data=DataSpec(**pick(DataSpec)), model=ModelOptions(**pick(ModelOptions)), train=options)

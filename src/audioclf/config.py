@@ -1,0 +1,181 @@
+"""Options, grouped by concern: where the data comes from, which model, how to train.
+
+Every field has a help text (the CLI shows it). Presets fill TrainOptions; a config file and flags override
+them; the resolved values are written next to every trained model as train_config.json. This module imports
+nothing heavy, so the command line starts fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from audioclf.errors import ConfigError
+
+CROPS = ("random", "center", "start")
+
+
+def option_help(cls, name: str) -> str:
+    """The help text of an option field, so the CLI says exactly what the library documents."""
+    return next(f.metadata.get("help", "") for f in fields(cls) if f.name == name)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the clips come from and how to split them."""
+
+    data: str = field(
+        metadata={
+            "help": "Data source: a folder with one subfolder per label, a .csv/.tsv/.jsonl manifest, a folder made by "
+            "datasets' save_to_disk, parquet file(s) (file, folder or glob), or a Hugging Face Hub dataset id."
+        }
+    )
+    audio_column: str | None = field(
+        default=None,
+        metadata={"help": "Column holding the audio (paths or an Audio feature). Default: 'path' for manifests, 'audio' otherwise."},
+    )
+    label_column: str | None = field(default=None, metadata={"help": "Column holding the label. Default: 'label'."})
+    group_column: str | None = field(
+        default=None,
+        metadata={"help": "Column naming groups (e.g. speaker, voice) that must not be on both sides of the split."},
+    )
+    data_config: str | None = field(default=None, metadata={"help": "Hub dataset config name, e.g. 'en-US'."})
+    data_split: str | None = field(
+        default=None,
+        metadata={"help": "Use only this split of the source (Hub, save_to_disk, parquet or manifest split), e.g. 'train'."},
+    )
+    test_size: float = field(
+        default=0.2, metadata={"help": "Fraction of clips held out for testing when the source brings no splits."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the train/test split."})
+    strict: bool = field(default=False, metadata={"help": "Fail on the first unreadable clip instead of skipping it."})
+
+    def __post_init__(self):
+        if not str(self.data).strip():
+            raise ConfigError("no data source given: pass a folder, a manifest, a save_to_disk folder, parquet or a Hub id")
+        if not 0.0 < self.test_size < 1.0:
+            raise ConfigError(f"--test-size {self.test_size} must be between 0 and 1 (a fraction of the clips)")
+
+
+@dataclass
+class ModelOptions:
+    model: str | None = field(default=None, metadata={"help": "Hub id or local directory of a checkpoint to fine-tune."})
+    model_config: str | None = field(
+        default=None, metadata={"help": "Build an untrained model from a config: a JSON/YAML file or a known name."}
+    )
+    weighted_layer_sum: bool | None = field(
+        default=None, metadata={"help": "Classify from a learned weighted sum of all encoder layers (SUPERB style)."}
+    )
+
+
+@dataclass
+class TrainOptions:
+    preset: str = field(default="default", metadata={"help": "Starting values: 'default' (learns on a CPU) or 'seed' (the guide's recipe)."})
+    max_seconds: float | None = field(
+        default=None, metadata={"help": "Clip window in seconds; default: the 95th percentile of training clip durations, rounded up."}
+    )
+    train_crop: str = field(default="random", metadata={"help": "How training clips are cut to the window: random, center or start."})
+    eval_crop: str = field(default="start", metadata={"help": "How evaluation clips are cut to the window: random, center or start."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the encoder."})
+    head_learning_rate: float | None = field(default=1e-3, metadata={"help": "Peak learning rate of the classification head (default: same as the encoder)."})
+    batch_size: int = field(default=8, metadata={"help": "Training clips per device per step."})
+    eval_batch_size: int = field(default=16, metadata={"help": "Evaluation clips per device per step."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps whose gradients are summed before an update."})
+    epochs: float = field(default=8, metadata={"help": "Maximum number of passes over the training clips."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of the updates spent warming the learning rate up."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many updates."})
+    early_stopping_patience: int | None = field(
+        default=3, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never)."}
+    )
+    freeze_front_end: bool = field(default=True, metadata={"help": "Freeze the convolutional feature encoder."})
+    class_weights: bool = field(default=False, metadata={"help": "Weight the loss by inverse label frequency (for imbalanced data)."})
+    validation_size: float = field(
+        default=0.15, metadata={"help": "Share of training clips held out for early stopping (0: evaluate on the test split, as the guide does)."}
+    )
+    seed: int = field(default=42, metadata={"help": "Random seed for the model head, crops, splits and data order."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)."})
+
+
+# The guide's recipe, value for value, so its result can be reproduced (and seen to learn almost nothing).
+SEED_PRESET = dict(
+    max_seconds=1.0, train_crop="start", eval_crop="start", learning_rate=3e-5, head_learning_rate=None,
+    batch_size=32, eval_batch_size=32, gradient_accumulation_steps=4, epochs=10, warmup_ratio=0.1,
+    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False,
+    class_weights=False, validation_size=0.0,
+)
+PRESETS: dict[str, dict] = {"seed": SEED_PRESET, "default": {}}
+
+
+def resolve_options(preset: str, overrides: dict) -> TrainOptions:
+    """The preset's values, then any explicitly given overrides (config file, then flags)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset {preset!r}: unknown; choose one of {', '.join(PRESETS)}")
+    known = {f.name for f in fields(TrainOptions)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    options = replace(TrainOptions(preset=preset), **PRESETS[preset])
+    options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
+    for name in ("train_crop", "eval_crop"):
+        if getattr(options, name) not in CROPS:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(options, name)!r}: choose one of {', '.join(CROPS)}")
+    if options.max_seconds is not None and options.max_seconds <= 0:
+        raise ConfigError(f"--max-seconds {options.max_seconds}: must be positive")
+    if not 0 <= options.validation_size < 1:
+        raise ConfigError(f"--validation-size {options.validation_size}: must be in [0, 1)")
+    return options
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs, resolved from preset, config file and flags."""
+
+    data: DataSpec
+    model: ModelOptions
+    train: TrainOptions
+
+
+SECTIONS = {"data": DataSpec, "model": ModelOptions, "train": TrainOptions}
+
+
+def read_config_file(path: Path) -> dict:
+    """Options from a YAML or JSON file, flat (`learning_rate: 1e-4`) or in the sections that
+    train_config.json uses (`data:`, `model:`, `train:`). Dashes in keys are read as underscores."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        import yaml
+
+        loaded = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except Exception as e:
+        raise ConfigError(f"--config {path}: not valid YAML/JSON ({str(e).splitlines()[0]})") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option names to values")
+    values: dict = {}
+    for key, value in loaded.items():
+        key = str(key).replace("-", "_")
+        if key in SECTIONS and isinstance(value, dict):
+            values.update({str(k).replace("-", "_"): v for k, v in value.items()})
+        elif key in ("window_seconds", "versions"):  # written by train() for the record, not options
+            continue
+        else:
+            values[key] = value
+    return values
+
+
+def resolve_run(values: dict) -> RunConfig:
+    """Map a flat dict of option values (file values overlaid by flags; None means not given) onto the
+    option groups. `seed` feeds both the data split and training. Unknown names are an error."""
+    values = {k: v for k, v in values.items() if v is not None}
+    valid = {f.name for section in SECTIONS.values() for f in fields(section)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    if "data" not in values:
+        raise ConfigError("--data is required: a folder of label subfolders, a CSV/JSONL manifest or a dataset")
+    pick = lambda cls: {f.name: values[f.name] for f in fields(cls) if f.name in values}  # noqa: E731
+    train_values = pick(TrainOptions)
+    options = resolve_options(train_values.pop("preset", "default"), train_values)
+    return RunConfig(data=DataSpec(**pick(DataSpec)), model=ModelOptions(**pick(ModelOptions)), train=options)
