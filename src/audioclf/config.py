@@ -89,6 +89,10 @@ class TrainOptions:
         default=3, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never)."}
     )
     freeze_front_end: bool = field(default=True, metadata={"help": "Freeze the convolutional feature encoder."})
+    freeze_layers: int = field(default=0, metadata={"help": "Also freeze this many of the encoder's lowest transformer layers."})
+    speed_perturbation: float = field(
+        default=0.0, metadata={"help": "Randomly speed training clips up or down by up to this fraction (0.1: 0.9x-1.1x), shifting pitch and tempo like another voice would."}
+    )
     class_weights: bool = field(default=False, metadata={"help": "Weight the loss by inverse label frequency (for imbalanced data)."})
     validation_size: float = field(
         default=0.15, metadata={"help": "Share of training clips held out for early stopping (0: evaluate on the test split, as the guide does)."}
@@ -101,7 +105,7 @@ class TrainOptions:
 SEED_PRESET = dict(
     max_seconds=1.0, train_crop="start", eval_crop="start", learning_rate=3e-5, head_learning_rate=None,
     batch_size=32, eval_batch_size=32, gradient_accumulation_steps=4, epochs=10, warmup_ratio=0.1,
-    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False,
+    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0,
     class_weights=False, validation_size=0.0,
 )
 PRESETS: dict[str, dict] = {"seed": SEED_PRESET, "default": {}}
@@ -122,6 +126,10 @@ def resolve_options(preset: str, overrides: dict) -> TrainOptions:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(options, name)!r}: choose one of {', '.join(CROPS)}")
     if options.max_seconds is not None and options.max_seconds <= 0:
         raise ConfigError(f"--max-seconds {options.max_seconds}: must be positive")
+    if not 0 <= options.speed_perturbation < 0.5:
+        raise ConfigError(f"--speed-perturbation {options.speed_perturbation}: must be in [0, 0.5)")
+    if options.freeze_layers < 0:
+        raise ConfigError(f"--freeze-layers {options.freeze_layers}: must be 0 or more")
     if not 0 <= options.validation_size < 1:
         raise ConfigError(f"--validation-size {options.validation_size}: must be in [0, 1)")
     return options

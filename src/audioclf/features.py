@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import soxr
 import torch
 
 from audioclf.config import CROPS
+
+SPEED_RATE_HZ = 16_000  # nominal rate for speed changes; only the ratio to round(rate * factor) matters
 
 
 def window_samples(seconds: float, sampling_rate: int) -> int:
@@ -34,6 +37,12 @@ def crop(samples: np.ndarray, length: int, how: str, rng: np.random.Generator | 
     return samples[offset : offset + length]
 
 
+def change_speed(samples: np.ndarray, factor: float) -> np.ndarray:
+    """Play a clip `factor` times as fast (tempo and pitch together), by resampling: the classic speed
+    perturbation that makes one voice sound like a slightly different one."""
+    return soxr.resample(samples, round(SPEED_RATE_HZ * factor), SPEED_RATE_HZ).astype(np.float32, copy=False)
+
+
 class ClipTransform:
     """A `Dataset.set_transform` callable: decodes each row's audio, resamples, crops to the window.
 
@@ -42,8 +51,9 @@ class ClipTransform:
     """
 
     def __init__(self, decode: Callable[[dict, int], np.ndarray], sampling_rate: int, window_seconds: float | None,
-                 how: str, seed: int = 0):
+                 how: str, seed: int = 0, speed_perturbation: float = 0.0):
         self.decode = decode
+        self.speed_perturbation = speed_perturbation
         self.sampling_rate = sampling_rate
         self.length = None if window_seconds is None else window_samples(window_seconds, sampling_rate)
         self.how = how
@@ -53,6 +63,8 @@ class ClipTransform:
         clips = []
         for audio in batch["audio"]:
             samples = self.decode(audio, self.sampling_rate)
+            if self.speed_perturbation:
+                samples = change_speed(samples, self.rng.uniform(1 - self.speed_perturbation, 1 + self.speed_perturbation))
             clips.append(samples if self.length is None else crop(samples, self.length, self.how, self.rng))
         return {"samples": clips, "label": batch["label"]}
 

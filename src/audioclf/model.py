@@ -206,5 +206,27 @@ def freeze_front_end(model: PreTrainedModel) -> None:
             conv.requires_grad_(False)
 
 
+def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The transformer layers of a classifier's encoder, lowest first."""
+    if model.config.model_type == "whisper":
+        return model.encoder.layers
+    base = getattr(model, model.base_model_prefix)
+    encoder = getattr(base, "encoder", None)
+    if encoder is None or not hasattr(encoder, "layers"):
+        raise ConfigError(f"--freeze-layers: cannot find the transformer layers of a {model.config.model_type} model")
+    return encoder.layers
+
+
+def freeze_lowest_layers(model: PreTrainedModel, count: int) -> None:
+    """Freeze the `count` lowest transformer layers (the front end is frozen separately)."""
+    if count <= 0:
+        return
+    layers = encoder_layers(model)
+    if count > len(layers):
+        raise ConfigError(f"--freeze-layers {count}: the encoder has only {len(layers)} layers")
+    for layer in layers[:count]:
+        layer.requires_grad_(False)
+
+
 def whole_seconds(seconds: float) -> int:
     return max(1, math.ceil(seconds - 1e-9))

@@ -24,7 +24,15 @@ from audioclf.config import DataSpec, ModelOptions, TrainOptions
 from audioclf.data import ClipSet, clip_samples, load_clips, split_dataset
 from audioclf.errors import ConfigError, DataError, ModelError, OutputExistsError
 from audioclf.features import BatchFeaturizer, ClipTransform, TrainingCollator
-from audioclf.model import ModelBundle, build_model, fit_whisper_window, freeze_front_end, load_model, whole_seconds
+from audioclf.model import (
+    ModelBundle,
+    build_model,
+    fit_whisper_window,
+    freeze_front_end,
+    freeze_lowest_layers,
+    load_model,
+    whole_seconds,
+)
 
 MAX_WINDOW_SECONDS = 30  # Whisper's native window; longer clips are cropped
 WINDOW_PERCENTILE = 95  # the default window covers this share of training clips whole
@@ -200,10 +208,12 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     fit_whisper_window(bundle, int(window)) if bundle.model_type == "whisper" else None
     if options.freeze_front_end:
         freeze_front_end(bundle.model)
+    freeze_lowest_layers(bundle.model, options.freeze_layers)
     echo(f"model: {bundle.model_type}, {sum(p.numel() for p in bundle.model.parameters()):,} parameters, "
          f"window {window:g} s at {bundle.sampling_rate} Hz")
 
-    train_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed))
+    train_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed,
+                                            options.speed_perturbation))
     eval_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
     featurizer = BatchFeaturizer(bundle.feature_extractor, bundle.model_type, bundle.uses_attention_mask)
 
