@@ -7,7 +7,7 @@ same shape: the same 14 intent labels, 8 kHz mono 16-bit FLAC clips, a few secon
 many speakers, several phrasings per intent.
 
 How a clip is made:
-  1. espeak-ng speaks one phrasing of the intent with one of 8 voices (an English
+  1. espeak-ng speaks one phrasing of the intent with one of 16 voices (an English
      accent plus a voice variant, each with its own base rate and pitch); every clip
      jitters the rate (-s) and the pitch (-p) a little around the voice's base.
   2. espeak-ng's 22050 Hz output is trimmed of its own edge silence and resampled to
@@ -16,11 +16,18 @@ How a clip is made:
      light white or pink noise is added at a random SNR of 20-35 dB, so no clip is
      digitally clean and loudness differs between clips as it does between callers.
 
-Counts: 8 voices x 14 intents x 4 clips = 448 clips (MInDS-14 en-US has 563). Five clips
-each (560) came to 19.5 MB as FLAC; the package budget is 15 MB, so it is four clips each,
-with short silences and phone-like (quiet) levels, which gives about 14 MB.
-Within one voice and intent the 4 phrasings are distinct, and across the 8 voices every
-phrasing of an intent is used about equally often (2 or 3 times).
+Counts: 16 voices x 14 intents x 2 clips = 448 clips (MInDS-14 en-US has 563). The package
+budget is 15 MB; 448 clips with short silences and phone-like (quiet) levels come to about 13.6 MB.
+Many voices with few clips each, rather than few voices with many clips: a classifier has to
+generalise to callers it has not heard, and that depends more on how many distinct voices
+it trained on than on how many clips each voice contributed. (An earlier version had 8 voices
+x 4 clips; models trained on 6 of them reached only ~0.7-0.85 accuracy on the 2 held out.)
+The 16 voices cross 8 English accents with 16 different voice variants: every accent is
+spoken by one female-sounding and one male-sounding voice, and base rates (140-180 wpm)
+and pitches are spread out. Whisper- and croak-like variants (hardly voiced) and MBROLA
+voices are left out.
+Within one voice and intent the 2 phrasings are distinct, and across the 16 voices every
+phrasing of an intent is used about equally often (2 or 3 times, by different voices).
 
 Everything random comes from numpy generators seeded with SEED and the voice and intent
 indices, and espeak-ng is deterministic, so a rerun reproduces the same dataset.
@@ -57,7 +64,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "src" / "audioclf" / "demo_data" / "minds14_synth"
 
 SEED = 20240614  # fixed: changing it changes every clip
-CLIPS_PER_VOICE_AND_INTENT = 4  # 5 would exceed the 15 MB size budget (19.5 MB)
+CLIPS_PER_VOICE_AND_INTENT = 2  # x 16 voices x 14 intents = 448 clips, about 13.6 MB of the 15 MB budget
 
 ESPEAK_SAMPLING_RATE_HZ = 22_050  # what espeak-ng writes to --stdout
 TARGET_SAMPLING_RATE_HZ = 8_000  # MInDS-14 is 8 kHz telephone audio
@@ -293,25 +300,60 @@ PHRASINGS = {
 }
 
 
+# espeak-ng language voices for the English accents used. "en" is British English (Great Britain):
+# it must be spelled "en", because espeak-ng 1.51 silently drops the variant from "en-gb+<variant>".
+ACCENTS = {
+    "en-us": "American",
+    "en": "British (Great Britain)",
+    "en-gb-scotland": "Scottish",
+    "en-029": "Caribbean",
+    "en-gb-x-rp": "British (Received Pronunciation)",
+    "en-us-nyc": "American (New York City)",
+    "en-gb-x-gbclan": "British (Lancaster)",
+    "en-gb-x-gbcwmd": "British (West Midlands)",
+}
+
+
 @dataclass(frozen=True)
 class Voice:
     voice_id: str  # folder name and manifest value
-    espeak_voice: str  # espeak-ng -v argument: language voice + variant
+    accent: str  # espeak-ng language voice, a key of ACCENTS
+    variant: str  # espeak-ng voice variant (voices/!v/<variant>)
     base_rate_wpm: int  # espeak-ng -s, words per minute
     base_pitch: int  # espeak-ng -p, 0-99
+    sounds: str  # "female" or "male": how the variant sounds (documentation only)
+
+    @property
+    def espeak_voice(self) -> str:
+        """The espeak-ng -v argument."""
+        return f"{self.accent}+{self.variant}"
 
 
-# 8 speakers: different English accents crossed with different voice variants,
-# so both accent and timbre differ; base rates and pitches spread the speakers further.
+# 16 speakers: 8 English accents x (one female- and one male-sounding variant), 16 different
+# variants in all, so accent and timbre both vary; base rates and pitches spread them further.
+# Female variants: espeak-ng's f1-f5 plus linda, belinda and Andrea; male: m1, m3, m4, m6, m7 and
+# the Klatt-synthesiser variants klatt, klatt2, klatt3 (each a different glottal source).
+# Left out: whisper, croak and other barely voiced variants (hard to understand), novelty
+# variants, and the MBROLA voices (mb/...; extra packages, and not on every system).
+# v01-v08 have each accent once and alternate female/male; v09-v16 have each accent with the
+# other sex, so a split into the first and last voices is balanced in accent and sex.
 VOICES = [
-    Voice("v1", "en-us+f3", 165, 55),
-    Voice("v2", "en-gb+m3", 155, 40),
-    Voice("v3", "en-gb-scotland+f2", 150, 60),
-    Voice("v4", "en-029+m1", 170, 45),
-    Voice("v5", "en-gb-x-rp+klatt", 160, 50),
-    Voice("v6", "en-us-nyc+f4", 175, 62),
-    Voice("v7", "en-gb-x-gbclan+m7", 145, 35),
-    Voice("v8", "en-gb-x-gbcwmd+f5", 160, 58),
+    Voice("v01", "en-us", "f2", 165, 62, "female"),
+    Voice("v02", "en", "m3", 170, 36, "male"),
+    Voice("v03", "en-gb-scotland", "linda", 145, 50, "female"),
+    Voice("v04", "en-029", "m6", 148, 45, "male"),
+    Voice("v05", "en-gb-x-rp", "f3", 158, 55, "female"),
+    Voice("v06", "en-us-nyc", "m4", 140, 38, "male"),
+    Voice("v07", "en-gb-x-gbclan", "f1", 150, 64, "female"),
+    Voice("v08", "en-gb-x-gbcwmd", "klatt3", 180, 52, "male"),
+    Voice("v09", "en-us", "klatt2", 153, 40, "male"),
+    Voice("v10", "en", "f4", 155, 58, "female"),
+    Voice("v11", "en-gb-scotland", "m1", 160, 44, "male"),
+    Voice("v12", "en-029", "f5", 175, 66, "female"),
+    Voice("v13", "en-gb-x-rp", "klatt", 173, 48, "male"),
+    Voice("v14", "en-us-nyc", "belinda", 168, 46, "female"),
+    Voice("v15", "en-gb-x-gbclan", "m7", 163, 30, "male"),
+    Voice("v16", "en-gb-x-gbcwmd", "Andrea", 160, 42, "female"),
 ]
 
 
@@ -323,6 +365,32 @@ def speak(text: str, espeak_voice: str, rate_wpm: int, pitch: int) -> np.ndarray
     if sampling_rate != ESPEAK_SAMPLING_RATE_HZ:
         raise RuntimeError(f"espeak-ng wrote {sampling_rate} Hz, expected {ESPEAK_SAMPLING_RATE_HZ} Hz")
     return samples
+
+
+def check_voices() -> None:
+    """Fail if espeak-ng would not speak the 16 voices as 16 different voices.
+
+    espeak-ng falls back silently: an unknown variant, or any variant after "en-gb", is dropped,
+    and an unknown language voice is replaced by a default. So speak one test sentence with each
+    accent alone and with each full voice, and require every accent and every voice to sound different.
+    """
+    test_sentence = "Could you tell me my balance, please?"
+
+    def fingerprint(espeak_voice: str) -> bytes:
+        return speak(test_sentence, espeak_voice, 160, 50).tobytes()
+
+    accent_audio = {accent: fingerprint(accent) for accent in ACCENTS}
+    if len(set(accent_audio.values())) != len(ACCENTS):
+        raise RuntimeError("espeak-ng speaks some of the accents identically; is one of them missing?")
+    voice_audio = {}
+    for voice in VOICES:
+        if voice.accent not in ACCENTS:
+            raise ValueError(f"{voice.voice_id}: unknown accent {voice.accent!r}")
+        voice_audio[voice.voice_id] = fingerprint(voice.espeak_voice)
+        if voice_audio[voice.voice_id] == accent_audio[voice.accent]:
+            raise RuntimeError(f"{voice.voice_id}: espeak-ng ignored the variant in {voice.espeak_voice!r}")
+    if len(set(voice_audio.values())) != len(VOICES):
+        raise RuntimeError("espeak-ng speaks some of the voices identically")
 
 
 def trim_edges(samples: np.ndarray) -> np.ndarray:
@@ -387,7 +455,8 @@ def choose_phrasings(rng: np.random.Generator, times_used: np.ndarray, count: in
 
 def readme_text(clip_count: int, espeak_version: str) -> str:
     voice_rows = "\n".join(
-        f"| {voice.voice_id} | `{voice.espeak_voice}` | {voice.base_rate_wpm} | {voice.base_pitch} |"
+        f"| {voice.voice_id} | `{voice.espeak_voice}` | {ACCENTS[voice.accent]} | {voice.sounds} "
+        f"| {voice.base_rate_wpm} | {voice.base_pitch} |"
         for voice in VOICES
     )
     phrasing_count = len(next(iter(PHRASINGS.values())))
@@ -400,10 +469,11 @@ several speakers and phrasings; but the speakers are a speech synthesiser, not r
 
 ## Contents
 
-- `manifest.csv`: columns `path` (relative to this folder), `label` (intent), `voice` (v1-v8), `text` (what is said); sorted by path.
+- `manifest.csv`: columns `path` (relative to this folder), `label` (intent), `voice` (v01-v16), `text` (what is said); sorted by path.
 - `clips/<voice>/<intent>_<n>.flac`: 8000 Hz, mono, FLAC 16-bit.
 - {clip_count} clips = {len(VOICES)} voices x {len(INTENTS)} intents x {CLIPS_PER_VOICE_AND_INTENT} clips (MInDS-14 en-US has 563).
-  (Five clips each would be 560, but come to about 19.5 MB; the package keeps its demo data under 15 MB.)
+  Many voices with few clips each, because a classifier's accuracy on unseen speakers depends more on how
+  many distinct voices it trained on than on how many clips each gave (the package keeps its demo data under 15 MB).
 - {phrasing_count} hand-written phrasings per intent; each voice speaks {CLIPS_PER_VOICE_AND_INTENT} distinct ones per intent,
   and across voices every phrasing is used about equally often.
 
@@ -413,9 +483,12 @@ Intents: {", ".join(INTENTS)}.
 
 Each voice is an espeak-ng English accent plus a voice variant, with a base rate (`-s`, words per minute)
 and pitch (`-p`, 0-99). Every clip jitters the rate by up to +-{RATE_JITTER_FRACTION:.0%} and the pitch by up to +-{PITCH_JITTER}.
+The {len(ACCENTS)} accents each appear twice, once with a female- and once with a male-sounding variant,
+and no variant is used twice. Whisper- and croak-like variants and the MBROLA voices are not used.
+v01-v08 have each accent once, v09-v16 each accent again with the other sex.
 
-| voice | espeak-ng `-v` | base rate (wpm) | base pitch |
-|---|---|---|---|
+| voice | espeak-ng `-v` | accent | sounds | base rate (wpm) | base pitch |
+|---|---|---|---|---|---|
 {voice_rows}
 
 ## How it was made
@@ -488,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     for intent in INTENTS:
         if len(set(PHRASINGS[intent])) < CLIPS_PER_VOICE_AND_INTENT:
             raise ValueError(f"{intent}: fewer distinct phrasings than clips per voice")
+    if len({voice.voice_id for voice in VOICES}) != len(VOICES):
+        raise ValueError("voice ids are not unique")
+    check_voices()
 
     # Build next to the destination (same filesystem, so the final rename is atomic),
     # and only replace the old dataset once the new one is complete.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,7 +32,9 @@ INTENTS = [
     "latest_transactions",
     "pay_bill",
 ]
-VOICE_COUNT = 8
+VOICE_COUNT = 16
+CLIPS_PER_VOICE_AND_LABEL = 2
+CLIP_COUNT = VOICE_COUNT * len(INTENTS) * CLIPS_PER_VOICE_AND_LABEL  # 448
 MIN_TEXTS_PER_LABEL = 10
 DECODE_SAMPLE_SIZE = 20
 SAMPLING_RATE_HZ = 8_000
@@ -54,6 +57,10 @@ def rows() -> list[dict[str, str]]:
         return list(reader)
 
 
+def test_clip_count(rows):
+    assert len(rows) == CLIP_COUNT
+
+
 def test_labels_are_exactly_the_14_minds14_intents(rows):
     assert sorted({row["label"] for row in rows}) == INTENTS
 
@@ -70,9 +77,26 @@ def test_every_voice_speaks_every_label(rows):
     labels_by_voice = defaultdict(set)
     for row in rows:
         labels_by_voice[row["voice"]].add(row["label"])
-    assert len(labels_by_voice) == VOICE_COUNT
+    # Zero-padded ids (v01, v02, ...), so that they sort in numeric order.
+    assert sorted(labels_by_voice) == [f"v{number:02d}" for number in range(1, VOICE_COUNT + 1)]
     for voice, labels in labels_by_voice.items():
         assert sorted(labels) == INTENTS, f"voice {voice} lacks {sorted(set(INTENTS) - labels)}"
+
+
+def test_each_voice_says_distinct_phrasings_of_each_label(rows):
+    texts = defaultdict(list)
+    for row in rows:
+        texts[(row["voice"], row["label"])].append(row["text"])
+    for (voice, label), cell_texts in texts.items():
+        assert len(cell_texts) == CLIPS_PER_VOICE_AND_LABEL, f"{voice}/{label}: {len(cell_texts)} clips"
+        assert len(set(cell_texts)) == len(cell_texts), f"{voice}/{label} repeats a phrasing"
+
+
+def test_clip_paths_follow_the_layout(rows):
+    for row in rows:
+        match = re.fullmatch(r"clips/(v\d\d)/([a-z_]+)_(\d+)\.flac", row["path"])
+        assert match, row["path"]
+        assert match.group(1) == row["voice"] and match.group(2) == row["label"], row["path"]
 
 
 def test_manifest_paths_are_relative_unique_and_exist(rows):
@@ -97,6 +121,12 @@ def test_sampled_clips_decode_as_8khz_mono_flac(rows):
         duration_seconds = len(samples) / sampling_rate
         in_range = MIN_DURATION_SECONDS < duration_seconds < MAX_DURATION_SECONDS
         assert in_range, f"{row['path']}: {duration_seconds:.2f} s"
+
+
+def test_folder_holds_only_the_manifest_readme_and_listed_clips(rows):
+    listed = {row["path"] for row in rows} | {"manifest.csv", "README.md"}
+    on_disk = {path.relative_to(DATASET_DIR).as_posix() for path in DATASET_DIR.rglob("*") if path.is_file()}
+    assert on_disk == listed, f"unlisted: {sorted(on_disk - listed)[:5]}, missing: {sorted(listed - on_disk)[:5]}"
 
 
 def test_folder_fits_the_size_budget():
