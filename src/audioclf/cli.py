@@ -17,7 +17,7 @@ from audioclf.errors import AudioclfError, ConfigError
 EXIT_ERROR = 1  # a domain error: bad input, missing file, unusable data or model
 DEMO_OUTPUT = Path("audioclf-demo-model")
 DEMO_BACKBONE = "whisper-tiny.en"
-DEMO_TEST_SIZE = 0.25  # two of the demo's eight voices are never heard in training
+DEMO_TEST_SIZE = 0.25  # four of the demo's sixteen voices are never heard in training
 
 
 def _quiet_libraries() -> None:
@@ -214,6 +214,8 @@ def train_command(
     logging_steps: int | None = typer.Option(None, "--logging-steps", help=_t("logging_steps")),
     early_stopping_patience: int | None = typer.Option(None, "--early-stopping-patience", help=_t("early_stopping_patience")),
     freeze_front_end: bool | None = typer.Option(None, "--freeze-front-end/--no-freeze-front-end", help=_t("freeze_front_end"), show_default=False),
+    freeze_layers: int | None = typer.Option(None, "--freeze-layers", help=_t("freeze_layers")),
+    speed_perturbation: float | None = typer.Option(None, "--speed-perturbation", help=_t("speed_perturbation")),
     class_weights: bool | None = typer.Option(None, "--class-weights/--no-class-weights", help=_t("class_weights"), show_default=False),
     validation_size: float | None = typer.Option(None, "--validation-size", help=_t("validation_size")),
     seed: int | None = typer.Option(None, "--seed", help="Random seed for the split, the head, crops and data order."),
@@ -226,10 +228,11 @@ def train_command(
 ) -> None:
     """Fine-tune an audio classifier and write a Hugging Face model directory (plus metrics.json,
     train_config.json, labels.txt) that transformers.pipeline("audio-classification") loads as it is."""
+    # first, while the only locals are the parameters (the imports below would join them)
+    flags = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS and v is not None}
     from audioclf.config import read_config_file, resolve_run
     from audioclf.train import train
 
-    flags = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS and v is not None}
     values = read_config_file(config) if config else {}
     file_output = values.pop("output", None)
     output = output or (Path(file_output) if file_output else None)
@@ -402,6 +405,34 @@ def demo_command(
                f"  audioclf evaluate {result.output} --data {manifest}\n"
                f"  python -c \"from transformers import pipeline; "
                f"print(pipeline('audio-classification', model='{result.output}')('clip.wav'))\"")
+
+
+# --- serve --------------------------------------------------------------------------------------
+# Defaults and help mirror audioclf.serve.ServeSettings (tests/test_serve.py checks they agree); the server
+# module is imported only inside the command, so `--help` stays fast.
+
+
+@app.command("serve")
+def serve_command(
+    model_dir: Path = typer.Argument(..., help="A trained model directory (or Hub id)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; loopback by default. Anything else exposes the service to the network: set --api-key."),
+    port: int = typer.Option(8000, "--port", help="TCP port to listen on."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Most clips classified together in one micro-batch."),
+    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="Longest a request waits for others to share its micro-batch, in milliseconds."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Most requests waiting for inference; beyond it the server answers 503 with Retry-After."),
+    max_upload_mb: float = typer.Option(25.0, "--max-upload-mb", help="Largest request body accepted, in MiB (413 above)."),
+    max_audio_seconds: float = typer.Option(600.0, "--max-audio-seconds", help="Longest clip accepted, in seconds (413 above)."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="AUDIOCLF_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY' on /v1/*."),
+    cors_origin: list[str] | None = typer.Option(None, "--cors-origin", help="Origin allowed to call the API from other web pages (repeatable); none by default."),
+    top_k: int = typer.Option(5, "--top-k", help="Labels returned when a request gives no top_k."),
+) -> None:
+    """Serve a model over HTTP: POST /v1/classify, GET /v1/labels, /healthz, /readyz, /metrics, and a web page at /."""
+    from audioclf.serve import ServeSettings, serve
+
+    settings = ServeSettings(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                             max_upload_mb=max_upload_mb, max_audio_seconds=max_audio_seconds,
+                             api_key=api_key or None, cors_origins=tuple(cors_origin or ()), top_k=top_k)
+    serve(model_dir, settings)
 
 
 def main() -> None:

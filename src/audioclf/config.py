@@ -130,6 +130,8 @@ def resolve_options(preset: str, overrides: dict) -> TrainOptions:
         raise ConfigError(f"--speed-perturbation {options.speed_perturbation}: must be in [0, 0.5)")
     if options.freeze_layers < 0:
         raise ConfigError(f"--freeze-layers {options.freeze_layers}: must be 0 or more")
+    if not 0 <= options.warmup_ratio < 1:
+        raise ConfigError(f"--warmup-ratio {options.warmup_ratio}: must be in [0, 1) (a share of the updates)")
     if not 0 <= options.validation_size < 1:
         raise ConfigError(f"--validation-size {options.validation_size}: must be in [0, 1)")
     return options
@@ -183,7 +185,35 @@ def resolve_run(values: dict) -> RunConfig:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
     if "data" not in values:
         raise ConfigError("--data is required: a folder of label subfolders, a CSV/JSONL manifest or a dataset")
-    pick = lambda cls: {f.name: values[f.name] for f in fields(cls) if f.name in values}  # noqa: E731
+    pick = lambda cls: {f.name: _coerce(f, values[f.name]) for f in fields(cls) if f.name in values}  # noqa: E731
     train_values = pick(TrainOptions)
     options = resolve_options(train_values.pop("preset", "default"), train_values)
     return RunConfig(data=DataSpec(**pick(DataSpec)), model=ModelOptions(**pick(ModelOptions)), train=options)
+
+
+_TYPES = {"float": float, "int": int, "bool": bool, "str": str}
+
+
+def _coerce(option, value):
+    """A config-file value as its option's type: YAML reads `1e-3` as a string and `4` as an int, both fine;
+    `four` for an int is a clear error rather than a traceback deep in training."""
+    kind = _TYPES[str(option.type).split("|")[0].strip()]
+    flag = f"{option.name} (--{option.name.replace('_', '-')})"
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false", "yes", "no"):
+            return str(value).lower() in ("true", "yes")
+    elif kind is str:
+        if isinstance(value, (str, Path)):
+            return str(value)
+    elif not isinstance(value, bool):
+        try:
+            number = float(value)
+            if kind is float:
+                return number
+            if number == int(number):
+                return int(number)
+        except (TypeError, ValueError):
+            pass
+    raise ConfigError(f"{flag}: {value!r} is not a{'n' if kind is int else ''} {kind.__name__}")

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub.constants
 import torch
 from torch import nn
 from transformers import (
@@ -161,7 +162,12 @@ def load_model(model: str, labels: list[str] | None = None) -> ModelBundle:
         feature_extractor = AutoFeatureExtractor.from_pretrained(model)
         classifier = AutoModelForAudioClassification.from_pretrained(model, **kwargs)
     except OSError as e:
-        where = "local directory" if local else "Hub id (is the Hub reachable? set HF_HUB_OFFLINE=1 to work offline)"
+        if local:
+            where = "local directory"
+        elif huggingface_hub.constants.HF_HUB_OFFLINE:  # read at import, like huggingface_hub itself does
+            where = "Hub id: offline (HF_HUB_OFFLINE) and not in the local cache"
+        else:
+            where = "Hub id (is the Hub reachable? set HF_HUB_OFFLINE=1 to work offline)"
         raise ModelError(f"--model {model!r}: cannot load it as a {where}: {str(e).splitlines()[0]}") from e
     except ValueError as e:
         raise ModelError(f"--model {model!r}: not an audio-classification checkpoint ({str(e).splitlines()[0]})") from e

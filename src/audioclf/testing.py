@@ -96,3 +96,19 @@ def make_manifest_dataset(
         manifest = root / "manifest.jsonl"
         manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
+
+
+# Options under which the tiny random models learn TONE_CLASSES within a few epochs of a few dozen 1 s clips, in
+# seconds on one CPU thread: high learning rates (nothing pretrained to preserve), small batches for enough updates,
+# no warm-up, every epoch run (no early stopping) so the loss curve can be checked.
+TINY_TRAINING = dict(
+    learning_rate=1e-3, head_learning_rate=1e-2, batch_size=4, eval_batch_size=16, epochs=8, warmup_ratio=0.0,
+    validation_size=0.2, early_stopping_patience=0, threads=1,
+)
+
+
+def tiny_train_options(**overrides):
+    """TrainOptions of the default preset with TINY_TRAINING and then `overrides` applied."""
+    from audioclf.config import resolve_options
+
+    return resolve_options("default", {**TINY_TRAINING, **overrides})

@@ -106,33 +106,44 @@ class _QuietProgress(ProgressCallback):
 
 
 class EpochLine(TrainerCallback):
-    """One line of metrics per evaluated epoch, and the history for metrics.json."""
+    """One line of metrics per evaluated epoch; `history` is rebuilt from the Trainer's log, so a resumed
+    run reports the epochs from before the interruption too."""
 
     def __init__(self, echo):
         self.echo = echo
         self.history: list[dict] = []
-        self._train_loss: float | None = None
         self._training = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._training = True
+        self.history = epoch_rows(state.log_history)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._training = False
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self._train_loss = float(logs["loss"])
-
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not self._training or not metrics or state.epoch is None:
+        if not self._training or not metrics:
             return  # the final evaluations after training are reported by train() itself
-        row = {"epoch": round(float(state.epoch), 2), "step": state.global_step, "train_loss": self._train_loss,
-               "eval_loss": metrics.get("eval_loss"), "eval_accuracy": metrics.get("eval_accuracy")}
-        self.history.append(row)
+        self.history = epoch_rows(state.log_history)
+        row = self.history[-1]
         train_loss = "-" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
         self.echo(f"epoch {row['epoch']:g}: train loss {train_loss}  eval loss {row['eval_loss']:.4f}  "
                   f"eval accuracy {row['eval_accuracy']:.4f}")
+
+
+def epoch_rows(log_history: list[dict]) -> list[dict]:
+    """One row per evaluation in a Trainer log: epoch, step, the mean training loss logged since the
+    previous evaluation (None if none was), eval loss and accuracy."""
+    rows, losses = [], []
+    for entry in log_history:
+        if "loss" in entry:
+            losses.append(float(entry["loss"]))
+        if "eval_loss" in entry:
+            rows.append({"epoch": round(float(entry.get("epoch", 0)), 2), "step": entry.get("step"),
+                         "train_loss": float(np.mean(losses)) if losses else None,
+                         "eval_loss": entry["eval_loss"], "eval_accuracy": entry.get("eval_accuracy")})
+            losses = []
+    return rows
 
 
 def _accuracy(prediction) -> dict:
@@ -170,7 +181,12 @@ def _install(staging: Path, output: Path) -> None:
     if output.exists():
         old = output.with_name(output.name + f".old-{os.getpid()}")
         os.replace(output, old)
-    os.replace(staging, output)
+    try:
+        os.replace(staging, output)
+    except OSError:
+        if old is not None:
+            os.replace(old, output)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -206,7 +222,7 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     bundle = _prepare_model(model_opts, clips.labels, options.seed)
     window = choose_window_from(train_split, options.max_seconds, bundle.model_type == "whisper")
     fit_whisper_window(bundle, int(window)) if bundle.model_type == "whisper" else None
-    if options.freeze_front_end:
+    if options.freeze_front_end and model_opts.model:  # a random front end must learn, not stay frozen
         freeze_front_end(bundle.model)
     freeze_lowest_layers(bundle.model, options.freeze_layers)
     echo(f"model: {bundle.model_type}, {sum(p.numel() for p in bundle.model.parameters()):,} parameters, "

@@ -1,0 +1,366 @@
+"""train.py and the `train` command: tiny random models learn the tone classes, the saved directory is what
+transformers' own pipeline loads and agrees with, the seed preset is the guide's recipe, interrupted runs resume,
+the output appears only when complete, the resolved config round-trips, and mistakes end in one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import transformers
+import yaml
+from transformers import TrainerCallback
+from typer.testing import CliRunner
+
+import audioclf
+from audioclf.cli import app
+from audioclf.config import DataSpec, ModelOptions, read_config_file, resolve_options, resolve_run
+from audioclf.errors import OutputExistsError
+from audioclf.model import build_model
+from audioclf.testing import TONE_CLASSES, class_clip, make_folder_dataset, tiny_train_options, write_clip
+from audioclf.train import training_arguments, train
+
+runner = CliRunner()
+LABELS = ["high", "low", "noise"]  # the folder's labels, in the sorted order training gives them ids
+MODEL_FILES = {"config.json", "model.safetensors", "preprocessor_config.json", "metrics.json", "train_config.json",
+               "labels.txt"}
+# Whisper's random convolutions make a signal too faint next to its position table to learn from when frozen
+LEARNING = {
+    "tiny-wav2vec2": {},
+    "tiny-whisper": dict(learning_rate=3e-3, head_learning_rate=3e-3, freeze_front_end=False),
+}
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory) -> Path:
+    """3 labels x 16 one-second clips at 8 kHz: 38 for training (10 of them for validation), 10 for testing."""
+    return make_folder_dataset(tmp_path_factory.mktemp("tones"), clips_per_label=16, seconds=1.0, sampling_rate=8000)
+
+
+@pytest.fixture(scope="module")
+def small_tones(tmp_path_factory) -> Path:
+    """3 labels x 6 short clips, for runs whose learning is beside the point."""
+    return make_folder_dataset(tmp_path_factory.mktemp("small"), clips_per_label=6, seconds=0.5, sampling_rate=8000)
+
+
+@pytest.fixture(scope="module", params=sorted(LEARNING))
+def trained(request, tones, tmp_path_factory):
+    name = request.param
+    output = tmp_path_factory.mktemp(name) / "model"
+    result = train(DataSpec(data=str(tones)), ModelOptions(model_config=name), tiny_train_options(**LEARNING[name]),
+                   output, progress=False, echo=lambda line: None)
+    return name, result
+
+
+def _quick(**overrides):
+    return tiny_train_options(epochs=2, **overrides)
+
+
+# --- learning -----------------------------------------------------------------------------------
+
+
+def test_tiny_model_learns_the_tones(trained):
+    name, result = trained
+    history = result.metrics["history"]
+
+    assert [row["epoch"] for row in history] == [float(e) for e in range(1, 9)]
+    assert history[-1]["eval_loss"] < history[0]["eval_loss"]
+    assert result.metrics["test"]["accuracy"] > 0.5  # chance is 1/3
+    assert result.metrics["labels"] == LABELS
+    assert result.metrics["window_seconds"] == 1.0  # every clip lasts 1 s
+
+
+def test_output_is_a_complete_model_directory(trained):
+    name, result = trained
+    output = result.output
+
+    assert {p.name for p in output.iterdir()} >= MODEL_FILES
+    assert not output.with_name(output.name + ".partial").exists()
+    assert json.loads((output / "metrics.json").read_text()) == result.metrics
+    assert (output / "labels.txt").read_text().splitlines() == LABELS
+    config = json.loads((output / "config.json").read_text())
+    assert config["id2label"] == {str(i): label for i, label in enumerate(LABELS)}
+    if name == "tiny-whisper":  # the encoder was cut to the 1 s window, and the extractor with it
+        assert config["max_source_positions"] == 50
+        assert json.loads((output / "preprocessor_config.json").read_text())["chunk_length"] == 1
+
+
+@pytest.fixture(scope="module")
+def clips_16k(tmp_path_factory) -> list[tuple[Path, np.ndarray]]:
+    """Two clips per label at the models' rate, of different lengths, written as float WAV so the file holds
+    exactly the array that is handed to the pipeline."""
+    root = tmp_path_factory.mktemp("clips16k")
+    out = []
+    for i, label in enumerate(TONE_CLASSES):
+        for j, seconds in enumerate((1.0, 0.7 + 0.3 * i)):
+            samples = class_clip(label, seconds, 16000, seed=5000 + 10 * i + j)
+            out.append((write_clip(root / f"{label}_{j}.wav", samples, 16000, subtype="FLOAT"), samples))
+    return out
+
+
+def test_pipeline_classifier_and_cli_agree(trained, clips_16k):
+    _, result = trained
+    pipe = transformers.pipeline("audio-classification", model=str(result.output), device="cpu")
+    classifier = audioclf.load_classifier(result.output)
+    predicted = runner.invoke(app, ["predict", str(result.output), *(str(p) for p, _ in clips_16k), "--json",
+                                    "--top-k", str(len(LABELS))])
+    assert predicted.exit_code == 0, predicted.output
+    cli_rows = [json.loads(line) for line in predicted.stdout.splitlines()]
+    assert [row["path"] for row in cli_rows] == [str(p) for p, _ in clips_16k]
+
+    for (path, samples), cli_row in zip(clips_16k, cli_rows):
+        reference = pipe({"raw": samples, "sampling_rate": 16000}, top_k=None)
+        ours = classifier.classify(samples, top_k_labels=None)
+        for candidate in (ours, cli_row["predictions"]):
+            assert candidate[0]["label"] == reference[0]["label"], path
+            scores = {p["label"]: p["score"] for p in candidate}
+            assert set(scores) == set(LABELS)
+            for p in reference:
+                assert scores[p["label"]] == pytest.approx(p["score"], abs=1e-4), path
+
+
+# --- the seed preset ----------------------------------------------------------------------------
+
+
+def test_seed_preset_is_the_guides_recipe(tmp_path):
+    options = resolve_options("seed", {})
+    args = training_arguments(options, tmp_path)
+
+    assert args.learning_rate == 3e-5
+    assert args.per_device_train_batch_size == 32
+    assert args.gradient_accumulation_steps == 4
+    assert args.per_device_eval_batch_size == 32
+    assert args.num_train_epochs == 10
+    assert args.warmup_steps == 0.1  # transformers 5 reads a value below 1 as a share of the updates
+    assert args.get_warmup_steps(100) == 10
+    assert args.logging_steps == 10
+    assert args.eval_strategy == "epoch"
+    assert args.save_strategy == "epoch"
+    assert args.load_best_model_at_end is True
+    assert args.metric_for_best_model == "accuracy"
+    assert args.weight_decay == 0.0  # TrainingArguments' default, which the guide keeps
+    # the guide's feature extractor call: max_length = 1 s of samples, truncation from the start
+    assert options.max_seconds == 1.0
+    assert options.train_crop == options.eval_crop == "start"
+    assert options.head_learning_rate is None and options.freeze_front_end is False
+    assert options.validation_size == 0.0 and options.early_stopping_patience is None
+
+
+def test_flags_override_a_preset():
+    options = resolve_options("seed", {"learning_rate": 1e-4, "epochs": None})
+
+    assert options.learning_rate == 1e-4
+    assert options.epochs == 10  # None means "not given"
+    assert options.batch_size == 32
+
+
+# --- resume after an interruption --------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptAfterFirstCheckpoint(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        raise Interrupted(f"stopped after saving step {state.global_step}")
+
+
+def test_interrupted_run_resumes_to_a_complete_model(small_tones, tmp_path):
+    output = tmp_path / "model"
+    spec, model = DataSpec(data=str(small_tones)), ModelOptions(model_config="tiny-wav2vec2")
+    options = tiny_train_options(epochs=3)
+
+    with pytest.raises(Interrupted):
+        train(spec, model, options, output, progress=False, echo=lambda line: None,
+              callbacks=[InterruptAfterFirstCheckpoint()])
+
+    assert not output.exists()
+    assert [p.name for p in (tmp_path / "model.partial" / "checkpoints").glob("checkpoint-*")] != []
+
+    result = train(spec, model, options, output, resume=True, progress=False, echo=lambda line: None)
+
+    assert {p.name for p in output.iterdir()} >= MODEL_FILES
+    assert not (tmp_path / "model.partial").exists()
+    assert json.loads((output / "train_config.json").read_text())["train"]["epochs"] == 3
+    assert result.metrics["history"][-1]["epoch"] == 3.0
+
+
+def test_resumed_history_covers_every_epoch(small_tones, tmp_path):
+    output = tmp_path / "model"
+    spec, model = DataSpec(data=str(small_tones)), ModelOptions(model_config="tiny-wav2vec2")
+    options = tiny_train_options(epochs=3)
+    with pytest.raises(Interrupted):
+        train(spec, model, options, output, progress=False, echo=lambda line: None,
+              callbacks=[InterruptAfterFirstCheckpoint()])
+
+    train(spec, model, options, output, resume=True, progress=False, echo=lambda line: None)
+
+    history = json.loads((output / "metrics.json").read_text())["history"]
+    assert [row["epoch"] for row in history] == [1.0, 2.0, 3.0]
+
+
+def test_resume_without_a_checkpoint_is_an_error(small_tones, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(small_tones), "--model-config", "tiny-wav2vec2",
+                                 "--output", str(tmp_path / "model"), "--resume", "-q"])
+
+    _assert_one_line_error(result, "--resume")
+
+
+# --- atomic output ------------------------------------------------------------------------------
+
+
+def test_existing_output_is_refused_before_any_work(tmp_path):
+    output = tmp_path / "model"
+    output.mkdir()
+    (output / "keep.txt").write_text("earlier model")
+
+    # the data does not even exist: the output check must come first
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        train(DataSpec(data=str(tmp_path / "no-data")), ModelOptions(model_config="tiny-wav2vec2"), _quick(), output,
+              progress=False, echo=lambda line: None)
+    assert (output / "keep.txt").read_text() == "earlier model"
+    assert not (tmp_path / "model.partial").exists()
+
+
+def test_overwrite_replaces_the_output_only_on_success(small_tones, tmp_path):
+    output = tmp_path / "model"
+    output.mkdir()
+    (output / "keep.txt").write_text("earlier model")
+    spec, model = DataSpec(data=str(small_tones)), ModelOptions(model_config="tiny-wav2vec2")
+
+    with pytest.raises(Interrupted):
+        train(spec, model, _quick(), output, overwrite=True, progress=False, echo=lambda line: None,
+              callbacks=[InterruptAfterFirstCheckpoint()])
+    assert [p.name for p in output.iterdir()] == ["keep.txt"]
+
+    train(spec, model, _quick(), output, overwrite=True, progress=False, echo=lambda line: None)
+
+    assert {p.name for p in output.iterdir()} >= MODEL_FILES
+    assert not (output / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no .partial, no .old-* left behind
+
+
+# --- config file round trip ---------------------------------------------------------------------
+
+
+def test_config_file_round_trips_through_train_config_json(small_tones, tmp_path):
+    config_file = tmp_path / "cfg.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "data": {"data": str(small_tones), "test_size": 0.25, "seed": 3},
+        "model": {"model_config": "tiny-wav2vec2"},
+        "train": {"learning-rate": 0.002, "head_learning_rate": 0.01, "batch_size": 4, "epochs": 3,
+                  "warmup_ratio": 0.0, "validation_size": 0.2, "early_stopping_patience": 0, "threads": 1},
+    }))
+    output = tmp_path / "model"
+
+    result = runner.invoke(app, ["train", "--config", str(config_file), "--output", str(output), "--epochs", "2",
+                                 "--batch-size", "6", "-q"])
+
+    assert result.exit_code == 0, result.output
+    expected = resolve_run({**read_config_file(config_file), "epochs": 2, "batch_size": 6})
+    written = resolve_run(read_config_file(output / "train_config.json"))
+    assert written == expected
+    assert written.data == DataSpec(data=str(small_tones), test_size=0.25, seed=3)
+    assert written.model == ModelOptions(model_config="tiny-wav2vec2")
+    assert (written.train.learning_rate, written.train.head_learning_rate) == (0.002, 0.01)  # from the file
+    assert (written.train.epochs, written.train.batch_size) == (2, 6)  # flags win
+    history = json.loads((output / "metrics.json").read_text())["history"]
+    assert len(history) == 2
+
+
+def test_config_file_exponent_without_a_dot_is_a_number(small_tones, tmp_path):
+    # PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string; people write it anyway
+    config_file = tmp_path / "cfg.yaml"
+    config_file.write_text(f"data: {small_tones}\nmodel_config: tiny-wav2vec2\nlearning_rate: 1e-3\nepochs: 1\n"
+                           "threads: 1\n")
+
+    result = runner.invoke(app, ["train", "--config", str(config_file), "--output", str(tmp_path / "m"), "-q"])
+
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m" / "train_config.json").read_text())["train"]["learning_rate"] == 0.001
+
+
+def test_config_file_value_of_the_wrong_type_is_a_clear_error(small_tones, tmp_path):
+    config_file = tmp_path / "cfg.yaml"
+    config_file.write_text(f"data: {small_tones}\nmodel_config: tiny-wav2vec2\nbatch_size: four\nepochs: 1\n")
+
+    result = runner.invoke(app, ["train", "--config", str(config_file), "--output", str(tmp_path / "m"), "-q"])
+
+    _assert_one_line_error(result, "batch_size", "four")
+
+
+# --- errors through the command line ------------------------------------------------------------
+
+
+def _assert_one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def test_hub_model_that_cannot_be_found_offline(small_tones, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    result = runner.invoke(app, ["train", "--data", str(small_tones), "--model", "audioclf-tests/no-such-model",
+                                 "--output", str(tmp_path / "model"), "-q"])
+
+    _assert_one_line_error(result, "--model", "audioclf-tests/no-such-model", "not in the local cache")
+    assert not (tmp_path / "model").exists()
+
+
+def test_existing_output_needs_overwrite(small_tones, tmp_path):
+    output = tmp_path / "model"
+    output.mkdir()
+    args = ["train", "--data", str(small_tones), "--model-config", "tiny-wav2vec2", "--output", str(output),
+            "--epochs", "1", "--threads", "1", "-q"]
+
+    _assert_one_line_error(runner.invoke(app, args), str(output), "--overwrite")
+
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in output.iterdir()} >= MODEL_FILES
+
+
+def test_unknown_preset(small_tones, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(small_tones), "--model-config", "tiny-wav2vec2",
+                                 "--output", str(tmp_path / "m"), "--preset", "fastest", "-q"])
+
+    _assert_one_line_error(result, "--preset", "fastest", "seed", "default")
+
+
+@pytest.mark.parametrize("model_flags", [[], ["--model", "some/model", "--model-config", "tiny-wav2vec2"]],
+                         ids=["neither", "both"])
+def test_exactly_one_of_model_and_model_config(small_tones, tmp_path, model_flags):
+    result = runner.invoke(app, ["train", "--data", str(small_tones), *model_flags, "--output", str(tmp_path / "m"),
+                                 "-q"])
+
+    _assert_one_line_error(result, "--model", "--model-config")
+    assert not (tmp_path / "m").exists()
+
+
+def test_unknown_config_key(small_tones, tmp_path):
+    config_file = tmp_path / "cfg.yaml"
+    config_file.write_text(f"data: {small_tones}\nmodel_config: tiny-wav2vec2\nlearning_rat: 0.001\n")
+
+    result = runner.invoke(app, ["train", "--config", str(config_file), "--output", str(tmp_path / "m"), "-q"])
+
+    _assert_one_line_error(result, "learning_rat", "learning_rate")
+
+
+def test_evaluate_on_labels_the_model_was_not_built_for(small_tones, tmp_path):
+    build_model("tiny-wav2vec2", ["cat", "dog"]).save(tmp_path / "pets")
+
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "pets"), "--data", str(small_tones), "-q"])
+
+    line = _assert_one_line_error(result, "cat", "dog")
+    assert all(label in line for label in LABELS)
