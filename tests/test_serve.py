@@ -1,0 +1,558 @@
+"""The HTTP service, through FastAPI's test client, with a tiny Whisper model whose head tells the tone classes apart."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import logging
+import re
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from audioclf.errors import ConfigError
+from audioclf.infer import Classifier, load_classifier, top_k
+from audioclf.model import build_model, fit_whisper_window
+from audioclf.serve import ServeSettings, create_app, sliding_windows, window_spans
+from audioclf.testing import class_clip
+
+LABELS = ["low", "high", "noise"]
+RATE = 16_000  # Hz, the tiny Whisper model's rate
+WINDOW_SECONDS = 1  # the tiny model's window, so inference stays cheap
+
+
+def save_tiny_tone_model(directory: Path) -> Path:
+    """A tiny random Whisper classifier with a 1 s window and a nearest-centroid head fitted on a few tone clips, so
+    that (unlike a random head) it predicts different labels for different TONE_CLASSES clips."""
+    bundle = build_model("tiny-whisper", LABELS, seed=0)
+    fit_whisper_window(bundle, WINDOW_SECONDS)
+    head = bundle.model.classifier
+    features: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda module, inputs, output: features.append(inputs[0].detach()))
+    classifier = Classifier(bundle)
+    means = []
+    for label in LABELS:
+        features.clear()
+        classifier.probabilities([class_clip(label, WINDOW_SECONDS, RATE, seed=s) for s in range(4)])
+        means.append(torch.cat(features).mean(0))
+    hook.remove()
+    centroids = torch.stack(means)
+    center = centroids.mean(0)
+    directions = centroids - center
+    with torch.no_grad():
+        head.weight.copy_(5 * directions / directions.norm(dim=1, keepdim=True) ** 2)
+        head.bias.copy_(-(head.weight @ center))
+    bundle.save(directory)
+    return directory
+
+
+def wav_bytes(samples: np.ndarray, sampling_rate: int = RATE, subtype: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, sampling_rate, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+def clip(label: str, seconds: float = 1.0, seed: int = 0) -> np.ndarray:
+    return class_clip(label, seconds, RATE, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> Classifier:
+    return load_classifier(save_tiny_tone_model(tmp_path_factory.mktemp("serve") / "tiny-tones"))
+
+
+@contextmanager
+def running(classifier, **settings):
+    """A test client for an app with these settings, once its warm-up inference is done."""
+    app = create_app(classifier, ServeSettings(**settings))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the app never became ready"
+            time.sleep(0.02)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client(classifier):
+    with running(classifier) as client:
+        yield client
+
+
+def expected(classifier, samples: np.ndarray, k: int) -> list[dict]:
+    return top_k(classifier.probabilities([samples])[0], dict(enumerate(LABELS)), k)
+
+
+def assert_same_predictions(got: list[dict], want: list[dict]) -> None:
+    assert [p["label"] for p in got] == [p["label"] for p in want]
+    np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in want], atol=1e-5)
+
+
+def assert_error(response, status: int, code: str, *words: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code
+    message = body["error"]["message"]
+    for word in words:
+        assert word in message
+    assert "Traceback" not in response.text
+    return message
+
+
+# --- classify -----------------------------------------------------------------------------------
+
+
+def test_the_tiny_model_tells_the_tone_classes_apart(classifier):
+    for label in LABELS:
+        assert classifier.classify(clip(label, seed=20), 1)[0]["label"] == label
+
+
+def test_classify_multipart_matches_the_classifier(client, classifier):
+    samples = clip("high", seed=5)
+    response = client.post("/v1/classify", files={"file": ("high.wav", wav_bytes(samples), "audio/wav")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"predictions", "duration_seconds", "model"}
+    assert body["model"] == "tiny-tones"
+    assert body["duration_seconds"] == pytest.approx(1.0)
+    assert body["predictions"][0]["label"] == "high"
+    decoded = classifier.probabilities([sf.read(io.BytesIO(wav_bytes(samples)), dtype="float32")[0]])[0]
+    assert_same_predictions(body["predictions"], top_k(decoded, dict(enumerate(LABELS)), 3))
+
+
+def test_classify_raw_body_resamples_and_reports_duration(client, classifier):
+    samples = class_clip("low", 1.5, 8000, seed=3)  # 8 kHz: the server resamples to the model's 16 kHz
+    response = client.post("/v1/classify", content=wav_bytes(samples, 8000), headers={"content-type": "audio/wav"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["duration_seconds"] == pytest.approx(1.5)
+    from audioclf.audio import load_audio
+
+    assert_same_predictions(body["predictions"], expected(classifier, load_audio(wav_bytes(samples, 8000), RATE), 3))
+
+
+def test_top_k_default_is_capped_at_the_number_of_labels(client):
+    samples = wav_bytes(clip("noise"))
+    assert len(client.post("/v1/classify", content=samples).json()["predictions"]) == 3  # default 5, 3 labels
+    for k in (1, 2, 3):
+        predictions = client.post(f"/v1/classify?top_k={k}", content=samples).json()["predictions"]
+        assert len(predictions) == k and predictions[0]["label"] == "noise"
+
+
+@pytest.mark.parametrize("k", ["0", "4", "-1", "two"])
+def test_top_k_outside_1_to_n_labels_is_422(client, k):
+    assert_error(client.post(f"/v1/classify?top_k={k}", content=wav_bytes(clip("low"))), 422, "invalid_parameter", "top_k")
+
+
+def test_settings_top_k_sets_the_default(classifier):
+    with running(classifier, top_k=1) as client:
+        assert len(client.post("/v1/classify", content=wav_bytes(clip("low"))).json()["predictions"]) == 1
+
+
+def test_segments_are_half_overlapping_windows_and_their_mean(client, classifier):
+    samples = np.concatenate([clip("low", 1.0, seed=7), clip("high", 1.2, seed=8)])  # 2.2 s: longer than the window
+    body = client.post("/v1/classify?segments=true&top_k=3", content=wav_bytes(samples)).json()
+    spans = [(s["start_seconds"], s["end_seconds"]) for s in body["segments"]]
+    assert spans == pytest.approx([(0.0, 1.0), (0.5, 1.5), (1.0, 2.0), (1.2, 2.2)])
+    decoded = sf.read(io.BytesIO(wav_bytes(samples)), dtype="float32")[0]
+    windows = [decoded[int(a * RATE) : round(b * RATE)] for a, b in spans]
+    scores = classifier.probabilities(windows)
+    for segment, row in zip(body["segments"], scores):
+        assert_same_predictions(segment["predictions"], top_k(row, dict(enumerate(LABELS)), 3))
+    assert body["segments"][0]["predictions"][0]["label"] == "low"
+    assert body["segments"][-1]["predictions"][0]["label"] == "high"
+    assert_same_predictions(body["predictions"], top_k(scores.mean(axis=0), dict(enumerate(LABELS)), 3))
+
+
+def test_segments_are_left_out_for_clips_within_one_window(client):
+    body = client.post("/v1/classify?segments=true", content=wav_bytes(clip("low", 0.8))).json()
+    assert "segments" not in body and body["predictions"]
+
+
+def test_window_spans_cover_the_clip_with_half_window_hops():
+    assert window_spans(100, 100, 50) == [(0, 100)]
+    assert window_spans(60, 100, 50) == [(0, 60)]
+    assert window_spans(200, 100, 50) == [(0, 100), (50, 150), (100, 200)]
+    assert window_spans(220, 100, 50) == [(0, 100), (50, 150), (100, 200), (120, 220)]
+    spans, clips = sliding_windows(np.arange(25, dtype=np.float32), 10, 1.0)
+    assert spans == [(0, 10), (5, 15), (10, 20), (15, 25)]
+    assert [c[0] for c in clips] == [0, 5, 10, 15] and all(len(c) == 10 for c in clips)
+
+
+# --- bad uploads --------------------------------------------------------------------------------
+
+
+def truncated_wav() -> bytes:
+    return wav_bytes(clip("low"))[:20_000]  # the header promises 32,000 bytes of samples
+
+
+def nan_wav() -> bytes:
+    samples = clip("low")
+    samples[100:200] = np.nan
+    return wav_bytes(samples, subtype="FLOAT")
+
+
+@pytest.mark.parametrize(
+    "make, status, code, reason",
+    [
+        (lambda: b"", 422, "invalid_audio", "empty"),
+        (lambda: b"this is not audio, just text saved as .wav\n" * 20, 415, "unsupported_audio", "not a readable audio file"),
+        (truncated_wav, 422, "invalid_audio", "truncated"),
+        (nan_wav, 422, "invalid_audio", "non-finite"),
+    ],
+    ids=["empty", "text-as-wav", "truncated-wav", "nan-float-wav"],
+)
+def test_bad_audio_is_an_error_naming_the_reason(client, make, status, code, reason):
+    message = assert_error(client.post("/v1/classify", files={"file": ("clip.wav", make(), "audio/wav")}),
+                           status, code, reason)
+    assert message.startswith("clip.wav: ")
+    assert_error(client.post("/v1/classify", content=make()), status, code, reason)
+    assert client.get("/healthz").status_code == 200  # and the server goes on
+
+
+def test_paths_in_request_data_are_never_opened(client, tmp_path):
+    wav = tmp_path / "on-the-server.wav"
+    wav.write_bytes(wav_bytes(clip("low")))
+    assert_error(client.post("/v1/classify", content=str(wav).encode()), 415, "unsupported_audio", "request body: ")
+    response = client.post("/v1/classify", files={"file": (str(wav), str(wav).encode(), "audio/wav")})
+    assert_error(response, 415, "unsupported_audio", f"{wav}: not a readable audio file")
+
+
+def test_multipart_without_a_file_field_is_422(client):
+    assert_error(client.post("/v1/classify", files={"audio": ("a.wav", wav_bytes(clip("low")), "audio/wav")}),
+                 422, "missing_file", "'file'")
+    assert_error(client.post("/v1/classify", data={"file": "not a file"}, files={"other": ("x", b"x")}),
+                 422, "missing_file")
+
+
+def test_audio_longer_than_max_audio_seconds_is_413(classifier):
+    with running(classifier, max_audio_seconds=1.5) as client:
+        assert client.post("/v1/classify", content=wav_bytes(clip("low", 1.4))).status_code == 200
+        assert_error(client.post("/v1/classify", content=wav_bytes(clip("low", 2.0))), 413, "audio_too_long",
+                     "2.0 s", "1.5 s", "--max-audio-seconds")
+
+
+def test_upload_over_max_upload_mb_is_413(classifier):
+    limit_mb = 0.05  # 52,428 bytes: a 1 s 16-bit clip (32,044 bytes) fits, a 2 s one does not
+    with running(classifier, max_upload_mb=limit_mb) as client:
+        assert client.post("/v1/classify", content=wav_bytes(clip("low"))).status_code == 200
+        big = wav_bytes(clip("low", 2.0))
+        assert_error(client.post("/v1/classify", content=big), 413, "upload_too_large", "0.05 MiB")
+        assert_error(client.post("/v1/classify", files={"file": ("big.wav", big, "audio/wav")}), 413, "upload_too_large")
+
+
+def test_an_upload_without_content_length_is_cut_off_at_the_limit(classifier):
+    """A chunked body is counted as it arrives: the app stops asking for chunks past the limit, answers 413."""
+    app = create_app(classifier, ServeSettings(max_upload_mb=0.05))
+    chunk = b"\0" * 8192
+    pulled = 0
+    sent: list[dict] = []
+
+    async def receive():
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": chunk, "more_body": pulled < 1000}  # 8 MB if all were read
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": "/v1/classify", "raw_path": b"/v1/classify",
+             "root_path": "", "scheme": "http", "query_string": b"", "server": ("127.0.0.1", 8000),
+             "client": ("127.0.0.1", 5000), "headers": [(b"transfer-encoding", b"chunked")]}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"])["error"]["code"] == "upload_too_large"
+    assert pulled == 7  # 7 x 8 KiB is the first count past 50 KiB
+
+
+# --- other endpoints, errors and auth -----------------------------------------------------------
+
+
+def test_labels_health_ready_openapi_and_page(client):
+    assert client.get("/v1/labels").json() == {"labels": LABELS, "model": "tiny-tones"}
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready", "model": "tiny-tones"}
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/classify", "/v1/labels", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert "multipart/form-data" in spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for element in ('id="file"', 'id="api-key"', 'id="record"', 'id="top-label"', 'id="error"', "v1/classify"):
+        assert element in page.text
+
+
+def test_wrong_path_and_method_are_json_404_and_405(client):
+    assert_error(client.get("/v1/nope"), 404, "not_found", "/v1/nope")
+    assert_error(client.get("/v1/classify"), 405, "method_not_allowed", "GET")
+    response = client.post("/healthz")
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET"
+
+
+def test_api_key_is_required_on_v1_only(classifier, monkeypatch):
+    samples = wav_bytes(clip("low"))
+    with running(classifier, api_key="s3cret") as client:
+        for request in (lambda **kw: client.post("/v1/classify", content=samples, **kw),
+                        lambda **kw: client.get("/v1/labels", **kw)):
+            response = request()
+            assert_error(response, 401, "unauthorized", "Bearer")
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert_error(request(headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+            assert_error(request(headers={"Authorization": "s3cret"}), 401, "unauthorized")
+            assert request(headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        for path in ("/healthz", "/readyz", "/", "/metrics", "/openapi.json"):
+            assert client.get(path).status_code == 200, path
+
+
+def test_without_an_api_key_v1_is_open(client):
+    assert client.get("/v1/labels").status_code == 200
+
+
+def test_cors_is_closed_unless_an_origin_is_given(client, classifier):
+    preflight = {"Origin": "http://allowed.test", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in client.get("/v1/labels", headers={"Origin": "http://allowed.test"}).headers
+    assert client.options("/v1/classify", headers=preflight).status_code == 405
+    with running(classifier, cors_origins=("http://allowed.test",)) as cors:
+        response = cors.options("/v1/classify", headers={**preflight, "Access-Control-Request-Headers": "authorization"})
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "http://allowed.test"
+        other = cors.get("/v1/labels", headers={"Origin": "http://other.test"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+@pytest.mark.parametrize("name, value", [("max_batch", 0), ("max_queue", 0), ("top_k", 0), ("max_upload_mb", 0),
+                                         ("max_wait_ms", -1), ("max_audio_seconds", -5), ("port", 0)])
+def test_settings_are_checked(name, value):
+    with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} {value}"):
+        ServeSettings(**{name: value})
+
+
+def test_cli_serve_maps_every_flag_onto_serve_settings(monkeypatch, tmp_path):
+    import audioclf.serve
+    from audioclf.cli import app
+
+    calls = []
+    monkeypatch.setattr(audioclf.serve, "serve", lambda model_dir, settings: calls.append((model_dir, settings)))
+    monkeypatch.delenv("AUDIOCLF_API_KEY", raising=False)
+    runner = CliRunner()
+    assert runner.invoke(app, ["serve", str(tmp_path)]).exit_code == 0
+    assert calls[-1] == (tmp_path, ServeSettings())  # the CLI's defaults are the settings' defaults
+    args = ["serve", str(tmp_path), "--host", "0.0.0.0", "--port", "9001", "--max-batch", "3", "--max-wait-ms", "2.5",
+            "--max-queue", "7", "--max-upload-mb", "1.5", "--max-audio-seconds", "30", "--api-key", "k",
+            "--cors-origin", "http://a.test", "--cors-origin", "http://b.test", "--top-k", "2"]
+    assert runner.invoke(app, args).exit_code == 0
+    want = ServeSettings(host="0.0.0.0", port=9001, max_batch=3, max_wait_ms=2.5, max_queue=7, max_upload_mb=1.5,
+                         max_audio_seconds=30, api_key="k", cors_origins=("http://a.test", "http://b.test"), top_k=2)
+    assert calls[-1][1] == want
+    assert all(getattr(want, f.name) != f.default for f in dataclasses.fields(ServeSettings))  # every flag was wired
+    assert runner.invoke(app, ["serve", str(tmp_path)], env={"AUDIOCLF_API_KEY": "from-env"}).exit_code == 0
+    assert calls[-1][1].api_key == "from-env"
+    result = runner.invoke(app, ["serve", str(tmp_path), "--max-batch", "0"])
+    assert result.exit_code == 1 and "--max-batch 0" in result.output
+
+
+def test_cli_serve_help_is_the_settings_help():
+    import typer.main
+
+    from audioclf.cli import app
+
+    command = typer.main.get_command(app).commands["serve"]
+    flags = {param.opts[0]: param.help for param in command.params if param.opts[0].startswith("--")}
+    for f in dataclasses.fields(ServeSettings):
+        flag = "--cors-origin" if f.name == "cors_origins" else "--" + f.name.replace("_", "-")
+        assert flags[flag] == f.metadata["help"], flag
+
+
+# --- micro-batching -----------------------------------------------------------------------------
+
+
+class Recording:
+    """Wraps a classifier: records each batch's size, and can fail or block on demand."""
+
+    def __init__(self, inner: Classifier, fail_when=None):
+        self.inner = inner
+        self.fail_when = fail_when
+        self.batch_sizes: list[int] = []
+        self.hold = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    @property
+    def labels(self):
+        return self.inner.labels
+
+    @property
+    def sampling_rate(self):
+        return self.inner.sampling_rate
+
+    def probabilities(self, clips):
+        self.batch_sizes.append(len(clips))
+        if self.hold:
+            self.entered.set()
+            assert self.release.wait(30)
+        if self.fail_when is not None and any(self.fail_when(c) for c in clips):
+            raise RuntimeError("boom")
+        return self.inner.probabilities(clips)
+
+
+def post_in_threads(client, bodies: list[bytes]) -> tuple[list, list[threading.Thread]]:
+    """Start one thread per body posting it as clip{i}.wav; the responses fill in as they come."""
+    responses: list = [None] * len(bodies)
+
+    def post(i):
+        responses[i] = client.post("/v1/classify", files={"file": (f"clip{i}.wav", bodies[i], "audio/wav")})
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    return responses, threads
+
+
+def classify_together(client, recording: Recording, bodies: list[bytes], n_queued: int) -> list:
+    """Post the bodies concurrently while the worker is held on another request, so that the `n_queued` of them
+    that decode are all waiting when it is released and go into one batch (the real queue and worker)."""
+    recording.hold = True
+    blocker, blocker_threads = post_in_threads(client, [wav_bytes(clip("noise", seed=99))])
+    assert recording.entered.wait(30)
+    recording.hold = False
+    responses, threads = post_in_threads(client, bodies)
+    deadline = time.monotonic() + 30
+    while client.app.state.batcher.queue.qsize() < n_queued:
+        assert time.monotonic() < deadline, "the clips never reached the queue"
+        time.sleep(0.01)
+    recording.release.set()
+    for t in blocker_threads + threads:
+        t.join(60)
+    assert blocker[0].status_code == 200
+    return responses
+
+
+def test_a_corrupt_clip_does_not_affect_the_others_in_its_batch(classifier):
+    recording = Recording(classifier)
+    good = [clip(label, seed=30 + i) for i, label in enumerate(["low", "high", "noise", "high"])]
+    bodies = [wav_bytes(c) for c in good]
+    bodies.insert(2, truncated_wav())
+    with running(recording, max_batch=8) as client:
+        recording.batch_sizes.clear()
+        responses = classify_together(client, recording, bodies, n_queued=len(good))
+    assert_error(responses.pop(2), 422, "invalid_audio", "clip2.wav", "truncated")
+    assert recording.batch_sizes == [1, len(good)]  # the blocker, then the good clips together
+    for response, samples in zip(responses, good):
+        assert response.status_code == 200, response.text
+        assert_same_predictions(response.json()["predictions"], expected(classifier, samples, 3))
+
+
+def test_a_clip_that_breaks_inference_fails_alone(classifier):
+    poison_seconds = 0.77
+    recording = Recording(classifier, fail_when=lambda c: len(c) == int(poison_seconds * RATE))
+    good = [clip("low", seed=40), clip("high", seed=41), clip("noise", seed=42)]
+    bodies = [wav_bytes(c) for c in good] + [wav_bytes(clip("low", poison_seconds))]
+    with running(recording, max_batch=4) as client:
+        recording.batch_sizes.clear()
+        responses = classify_together(client, recording, bodies, n_queued=4)
+        assert client.get("/readyz").status_code == 200
+    assert_error(responses.pop(), 500, "inference_failed")
+    assert recording.batch_sizes == [1, 4, 1, 1, 1, 1]  # the blocker; all four failed together; then one by one
+    for response, samples in zip(responses, good):
+        assert response.status_code == 200, response.text
+        assert_same_predictions(response.json()["predictions"], expected(classifier, samples, 3))
+
+
+def test_max_batch_splits_what_is_waiting(classifier):
+    recording = Recording(classifier)
+    bodies = [wav_bytes(clip("low", seed=50 + i)) for i in range(5)]
+    with running(recording, max_batch=2) as client:
+        recording.batch_sizes.clear()
+        responses = classify_together(client, recording, bodies, n_queued=5)
+    assert recording.batch_sizes == [1, 2, 2, 1]
+    assert all(r.status_code == 200 for r in responses)
+
+
+def test_a_lone_request_does_not_wait_for_max_wait_ms(classifier):
+    with running(classifier, max_wait_ms=5000) as client:  # nobody else is on the way: no reason to wait
+        started = time.monotonic()
+        assert client.post("/v1/classify", content=wav_bytes(clip("low"))).status_code == 200
+        assert time.monotonic() - started < 2.5
+
+
+def test_a_full_queue_answers_503_with_retry_after(classifier):
+    recording = Recording(classifier)
+    body = wav_bytes(clip("low"))
+    with running(recording, max_batch=1, max_wait_ms=0, max_queue=1) as client:
+        batcher = client.app.state.batcher
+        recording.hold = True
+        first = threading.Thread(target=lambda: results.append(client.post("/v1/classify", content=body)))
+        second = threading.Thread(target=lambda: results.append(client.post("/v1/classify", content=body)))
+        results: list = []
+        first.start()
+        assert recording.entered.wait(30)  # the worker is busy with the first request
+        second.start()
+        deadline = time.monotonic() + 30
+        while batcher.queue.qsize() < 1:  # the second one waits in the queue, which is now full
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        response = client.post("/v1/classify", content=body)
+        assert_error(response, 503, "overloaded", "busy")
+        assert response.headers["retry-after"] == "1"
+        recording.release.set()
+        first.join(30)
+        second.join(30)
+        assert [r.status_code for r in results] == [200, 200]
+        metrics = client.get("/metrics").text
+    assert "audioclf_queue_rejections_total 1" in metrics
+    assert 'audioclf_requests_total{method="POST",path="/v1/classify",status="503"} 1' in metrics
+
+
+# --- metrics and logs ---------------------------------------------------------------------------
+
+
+def metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+def test_metrics_count_requests_latency_and_batches(classifier):
+    with running(classifier, max_wait_ms=0) as client:
+        for _ in range(3):
+            client.post("/v1/classify", content=wav_bytes(clip("low")))
+        client.post("/v1/classify", content=b"not audio")
+        client.get("/no/such/path")
+        client.get("/also/missing")
+        response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    assert metric(text, 'audioclf_requests_total{method="POST",path="/v1/classify",status="200"}') == 3
+    assert metric(text, 'audioclf_requests_total{method="POST",path="/v1/classify",status="415"}') == 1
+    assert metric(text, 'audioclf_requests_total{method="GET",path="other",status="404"}') == 2  # one label for all
+    assert metric(text, 'audioclf_request_duration_seconds_count{path="/v1/classify"}') == 4
+    assert metric(text, 'audioclf_request_duration_seconds_bucket{path="/v1/classify",le="+Inf"}') == 4
+    assert metric(text, 'audioclf_request_duration_seconds_sum{path="/v1/classify"}') > 0
+    assert metric(text, "audioclf_batch_size_count") == 3  # the three good clips, one at a time (not the warm-up)
+    assert metric(text, 'audioclf_batch_size_bucket{le="1"}') == 3
+    assert metric(text, "audioclf_ready") == 1
+    assert metric(text, "audioclf_queue_depth") == 0
+
+
+def test_one_log_line_per_request(client, caplog):
+    caplog.set_level(logging.INFO, logger="audioclf.serve")
+    client.post("/v1/classify", content=wav_bytes(clip("low")))
+    client.get("/v1/nope")
+    lines = [r.getMessage() for r in caplog.records if r.name == "audioclf.serve"]
+    assert len(lines) == 2
+    assert re.fullmatch(r"POST /v1/classify 200 \d+\.\d ms", lines[0])
+    assert re.fullmatch(r"GET /v1/nope 404 \d+\.\d ms", lines[1])
