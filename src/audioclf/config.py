@@ -72,7 +72,7 @@ class ModelOptions:
 class TrainOptions:
     preset: str = field(default="default", metadata={"help": "Starting values: 'default' (learns on a CPU) or 'seed' (the guide's recipe)."})
     max_seconds: float | None = field(
-        default=None, metadata={"help": "Clip window in seconds; default: the 95th percentile of training clip durations, rounded up."}
+        default=None, metadata={"help": "Clip window in seconds; default: the 90th percentile of training clip durations, rounded up."}
     )
     train_crop: str = field(default="random", metadata={"help": "How training clips are cut to the window: random, center or start."})
     eval_crop: str = field(default="start", metadata={"help": "How evaluation clips are cut to the window: random, center or start."})
@@ -81,17 +81,20 @@ class TrainOptions:
     batch_size: int = field(default=8, metadata={"help": "Training clips per device per step."})
     eval_batch_size: int = field(default=16, metadata={"help": "Evaluation clips per device per step."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps whose gradients are summed before an update."})
-    epochs: float = field(default=8, metadata={"help": "Maximum number of passes over the training clips."})
+    epochs: float = field(default=6, metadata={"help": "Maximum number of passes over the training clips."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Share of the updates spent warming the learning rate up."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many updates."})
     early_stopping_patience: int | None = field(
-        default=3, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never)."}
+        default=2, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never)."}
     )
     freeze_front_end: bool = field(default=True, metadata={"help": "Freeze the convolutional feature encoder."})
     freeze_layers: int = field(default=0, metadata={"help": "Also freeze this many of the encoder's lowest transformer layers."})
     speed_perturbation: float = field(
-        default=0.0, metadata={"help": "Randomly speed training clips up or down by up to this fraction (0.1: 0.9x-1.1x), shifting pitch and tempo like another voice would."}
+        default=0.1, metadata={"help": "Randomly speed training clips up or down by up to this fraction (0.1: 0.9x-1.1x), shifting pitch and tempo like another voice would."}
+    )
+    probe_init: bool = field(
+        default=True, metadata={"help": "Before fine-tuning a pretrained encoder, fit the head on its frozen outputs (linear probe, then fine-tune): faster to learn, better on unseen speakers."}
     )
     class_weights: bool = field(default=False, metadata={"help": "Weight the loss by inverse label frequency (for imbalanced data)."})
     validation_size: float = field(
@@ -105,7 +108,7 @@ class TrainOptions:
 SEED_PRESET = dict(
     max_seconds=1.0, train_crop="start", eval_crop="start", learning_rate=3e-5, head_learning_rate=None,
     batch_size=32, eval_batch_size=32, gradient_accumulation_steps=4, epochs=10, warmup_ratio=0.1,
-    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0,
+    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0, probe_init=False,
     class_weights=False, validation_size=0.0,
 )
 PRESETS: dict[str, dict] = {"seed": SEED_PRESET, "default": {}}
