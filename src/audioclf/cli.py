@@ -216,6 +216,7 @@ def train_command(
     freeze_front_end: bool | None = typer.Option(None, "--freeze-front-end/--no-freeze-front-end", help=_t("freeze_front_end"), show_default=False),
     freeze_layers: int | None = typer.Option(None, "--freeze-layers", help=_t("freeze_layers")),
     speed_perturbation: float | None = typer.Option(None, "--speed-perturbation", help=_t("speed_perturbation")),
+    probe_init: bool | None = typer.Option(None, "--probe-init/--no-probe-init", help=_t("probe_init"), show_default=False),
     class_weights: bool | None = typer.Option(None, "--class-weights/--no-class-weights", help=_t("class_weights"), show_default=False),
     validation_size: float | None = typer.Option(None, "--validation-size", help=_t("validation_size")),
     seed: int | None = typer.Option(None, "--seed", help="Random seed for the split, the head, crops and data order."),
@@ -329,34 +330,165 @@ def evaluate_command(
 # --- predict ------------------------------------------------------------------------------------
 
 
+def _expand_paths(given: list[str]) -> list[str]:
+    """Files as given; folders as the audio files under them (recursively, sorted, hidden ones skipped); `-` as the
+    paths on standard input, one per line."""
+    paths: list[str] = []
+    for item in given:
+        for path in ([line.rstrip("\r\n") for line in sys.stdin if line.strip()] if item == "-" else [item]):
+            if Path(path).is_dir():
+                from audioclf.data import AUDIO_EXTENSIONS
+
+                root = Path(path)
+                paths.extend(str(p) for p in sorted(root.rglob("*")) if p.suffix.lower() in AUDIO_EXTENSIONS
+                             and p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+            else:
+                paths.append(path)
+    return paths
+
+
+class _CsvOutput:
+    """path,label,score,error rows written to a temporary file beside OUT, renamed onto OUT once the run is done."""
+
+    def __init__(self, path: Path):
+        import csv
+        import tempfile
+
+        self.path = path
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self.temp = Path(name)
+        self.file = open(handle, "w", newline="")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(["path", "label", "score", "error"])
+
+    def write(self, outcome) -> None:
+        if outcome.error is not None:
+            self.writer.writerow([outcome.source, "", "", outcome.error])
+        else:
+            best = outcome.predictions[0]
+            self.writer.writerow([outcome.source, best["label"], f"{best['score']:.6f}", ""])
+
+    def close(self, keep: bool) -> None:
+        self.file.close()
+        if keep:
+            self.temp.replace(self.path)
+        else:
+            self.temp.unlink(missing_ok=True)
+
+
 @app.command("predict")
 def predict_command(
-    model_dir: Path = typer.Argument(..., help="A trained model directory (or Hub id)."),
-    files: list[str] = typer.Argument(..., help="Audio files to classify."),
+    model_dir: Path = typer.Argument(..., help="A trained model directory (or Hub id), or a directory written by `audioclf export onnx`."),
+    files: list[str] = typer.Argument(..., help="Audio files, folders (searched recursively for audio files), or - to read paths from standard input, one per line."),
     top_k: int = typer.Option(5, "--top-k", min=1, help="How many labels to list per file."),
-    as_json: bool = typer.Option(False, "--json", help='One JSON object per line: {"path", "predictions": [{"label", "score"}]} or {"path", "error"}.'),
+    as_json: bool = typer.Option(False, "--json", help='One JSON object per line: {"path", "predictions": [{"label", "score"}]} (plus "segments" with --timeline) or {"path", "error"}.'),
+    csv_out: Path | None = typer.Option(None, "--csv", help="Also write path,label,score,error rows (the top label per file) to this CSV file; it appears only when the run is complete."),
+    window_seconds: float | None = typer.Option(None, "--window-seconds", help="Sliding window for recordings longer than it; default: the model's fixed window (Whisper), else the longer of 10 s and the training window."),
+    hop_seconds: float | None = typer.Option(None, "--hop-seconds", help="Step between sliding windows; default: half a window."),
+    timeline: bool = typer.Option(False, "--timeline", help="Also give per-window predictions: {\"start\", \"end\", \"predictions\"} segments, in seconds."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the model; default: one per core."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Most clips (or windows) run through the model together."),
+    backend: str | None = typer.Option(None, "--backend", help="torch or onnx; default: onnx where MODEL_DIR holds model.onnx, else torch."),
+    quiet: bool = Quiet,
 ) -> None:
-    """Classify audio files. Unreadable files are reported and the rest still classified; the exit code is
+    """Classify audio files: one line per file, in order; recordings longer than the window are classified in sliding
+    windows whose scores are averaged. Unreadable files are reported and the rest still classified; the exit code is
     non-zero only when nothing could be classified."""
+    from tqdm import tqdm
+
     from audioclf.infer import load_classifier
 
-    classifier = load_classifier(model_dir)
+    paths = _expand_paths(files)
+    if not paths:
+        raise ConfigError(f"no audio files to classify in {' '.join(files)}")
+    classifier = load_classifier(model_dir, batch_size=batch_size, threads=threads, backend=backend,
+                                 window_seconds=window_seconds, hop_seconds=hop_seconds)
+    csv_file = _CsvOutput(csv_out) if csv_out is not None else None
     classified = 0
-    for outcome in classifier.classify_files(files, top_k):
-        if outcome.error is not None:
+    bar = tqdm(total=len(paths), unit="file", file=sys.stderr, disable=quiet or not sys.stderr.isatty())
+    try:
+        for outcome in classifier.classify_files(paths, top_k, timeline=timeline):
+            bar.update()
+            if csv_file is not None:
+                csv_file.write(outcome)
+            if outcome.error is not None:
+                if as_json:
+                    typer.echo(json.dumps({"path": outcome.source, "error": outcome.error}))
+                else:
+                    bar.write(f"error: {outcome.source}: {outcome.error}", file=sys.stderr)
+                continue
+            classified += 1
             if as_json:
-                typer.echo(json.dumps({"path": outcome.source, "error": outcome.error}))
+                row = {"path": outcome.source, "predictions": outcome.predictions}
+                if timeline:
+                    row["segments"] = outcome.segments
+                typer.echo(json.dumps(row))
             else:
-                typer.echo(f"error: {outcome.source}: {outcome.error}", err=True)
-            continue
-        classified += 1
-        if as_json:
-            typer.echo(json.dumps({"path": outcome.source, "predictions": outcome.predictions}))
-        else:
-            ranked = ", ".join(f"{p['label']} {p['score']:.3f}" for p in outcome.predictions)
-            typer.echo(f"{outcome.source}: {ranked}")
+                typer.echo(f"{outcome.source}: {_ranked(outcome.predictions)}")
+                for segment in outcome.segments or ():
+                    typer.echo(f"  {segment['start']:.2f}-{segment['end']:.2f} s: {_ranked(segment['predictions'])}")
+    except BaseException:
+        if csv_file is not None:
+            csv_file.close(keep=False)
+        raise
+    finally:
+        bar.close()
+    if csv_file is not None:
+        csv_file.close(keep=True)
     if classified == 0:
         raise typer.Exit(EXIT_ERROR)
+
+
+def _ranked(predictions: list[dict]) -> str:
+    return ", ".join(f"{p['label']} {p['score']:.3f}" for p in predictions)
+
+
+# --- export -------------------------------------------------------------------------------------
+
+export_app = typer.Typer(help="Export a trained model for other runtimes.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+EXPORT_AGREEMENT_CLIPS = 200  # most held-out clips the int8 model's agreement with fp32 is measured on
+
+
+@export_app.command("onnx")
+def export_onnx_command(
+    model_dir: Path = typer.Argument(..., help="A trained model directory."),
+    out: Path = typer.Argument(..., help="The directory to write: model.onnx, config.json, preprocessor_config.json, onnx_export.json."),
+    quantize: str | None = typer.Option(None, "--quantize", help="int8: quantize the linear and attention layers (the convolutional front end stays float)."),
+    data: str | None = typer.Option(None, "--data", help="With --quantize: a data source whose held-out clips (its test split; for the training data, the run's own test clips) the int8 model's top-1 agreement with fp32 is measured on; default: synthetic clips."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists (only once the export has been checked)."),
+    quiet: bool = Quiet,
+) -> None:
+    """Write MODEL_DIR as an ONNX model that `audioclf predict OUT` runs with ONNX Runtime, without torch. The ONNX
+    logits are checked against torch's (within 1e-4) and the export fails, writing nothing, if they differ."""
+    from audioclf.export import check_quantize, export_onnx
+
+    check_quantize(quantize)
+    clips, described = None, "synthetic"
+    if data is not None:
+        if quantize is None:
+            raise ConfigError("--data: the held-out clips are for measuring --quantize int8; give both or neither")
+        clips, described = _agreement_clips(model_dir, data, progress=not quiet)
+    report = export_onnx(model_dir, out, quantize=quantize, agreement_clips=clips, agreement_data=described,
+                         overwrite=overwrite, echo=(lambda line: None) if quiet else typer.echo)
+    typer.echo(f"exported to {report.output} (max |ONNX - torch| logit difference {report.max_abs_logit_difference:.1e})")
+    if report.agreement is not None:
+        typer.echo(f"int8 top-1 agreement with fp32: {report.agreement:.1%} on {report.agreement_clips} clips ({report.agreement_data})")
+
+
+def _agreement_clips(model_dir: Path, data: str, progress: bool):
+    """Up to EXPORT_AGREEMENT_CLIPS held-out clips of `data`, decoded at the model's rate, and where they came from."""
+    from audioclf.data import clip_samples
+
+    from audioclf.errors import ModelError
+
+    preprocessor = Path(model_dir) / "preprocessor_config.json"
+    if not preprocessor.is_file():
+        raise ModelError(f"{model_dir}: not a trained model directory (it has no {preprocessor.name})")
+    rate = int(json.loads(preprocessor.read_text()).get("sampling_rate", 16000))
+    clips, split = _evaluation_split(Path(model_dir), DataSpec(data=data), None, progress)
+    rows = split.with_format(None).select(range(min(len(split), EXPORT_AGREEMENT_CLIPS)))
+    return [clip_samples(audio, rate) for audio in rows["audio"]], clips.source
 
 
 # --- demo ---------------------------------------------------------------------------------------
