@@ -77,7 +77,7 @@ class TrainOptions:
     train_crop: str = field(default="random", metadata={"help": "How training clips are cut to the window: random, center or start."})
     eval_crop: str = field(default="start", metadata={"help": "How evaluation clips are cut to the window: random, center or start."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the encoder."})
-    head_learning_rate: float | None = field(default=1e-3, metadata={"help": "Peak learning rate of the classification head (default: same as the encoder)."})
+    head_learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate of the classification head (default: same as the encoder)."})
     batch_size: int = field(default=8, metadata={"help": "Training clips per device per step."})
     eval_batch_size: int = field(default=16, metadata={"help": "Evaluation clips per device per step."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps whose gradients are summed before an update."})
@@ -86,7 +86,7 @@ class TrainOptions:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many updates."})
     early_stopping_patience: int | None = field(
-        default=2, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never)."}
+        default=3, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never)."}
     )
     freeze_front_end: bool = field(default=True, metadata={"help": "Freeze the convolutional feature encoder."})
     freeze_layers: int = field(default=0, metadata={"help": "Also freeze this many of the encoder's lowest transformer layers."})
