@@ -19,15 +19,13 @@ from audioclf.cli import app
 from audioclf.errors import AudioLoadError, ConfigError
 from audioclf.infer import (
     DEFAULT_WINDOW_SECONDS,
-    Classifier,
     load_classifier,
     plan_batches,
     stream_audio,
     stream_windows,
     window_spans,
 )
-from audioclf.model import build_model, fit_whisper_window
-from audioclf.testing import class_clip, write_clip
+from audioclf.testing import class_clip, save_tone_model, write_clip
 
 runner = CliRunner()
 LABELS = ["low", "high", "noise"]
@@ -37,28 +35,7 @@ PARITY_SECONDS = [0.5, 0.8, 0.8, 1.0, 0.63, 0.8, 1.0, 0.5, 0.91]
 
 
 def tone_model(name: str, directory: Path) -> Path:
-    """A tiny random model (1 s window for Whisper) with a nearest-centroid head fitted on a few tone clips, so that,
-    unlike a random head, it gives each TONE_CLASSES clip its own label with a clear score."""
-    bundle = build_model(name, LABELS, seed=0)
-    fit_whisper_window(bundle, 1)
-    head = bundle.model.classifier
-    features: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda module, inputs, output: features.append(inputs[0].detach()))
-    classifier = Classifier(bundle)
-    means = []
-    for label in LABELS:
-        features.clear()
-        classifier.probabilities([class_clip(label, 1.0, RATE, seed=s) for s in range(4)])
-        means.append(torch.cat(features).mean(0))
-    hook.remove()
-    centroids = torch.stack(means)
-    center = centroids.mean(0)
-    directions = centroids - center
-    with torch.no_grad():
-        head.weight.copy_(5 * directions / directions.norm(dim=1, keepdim=True) ** 2)
-        head.bias.copy_(-(head.weight @ center))
-    bundle.save(directory)
-    return directory
+    return save_tone_model(directory, name, tuple(LABELS))
 
 
 @pytest.fixture(scope="module", params=["tiny-wav2vec2", "tiny-wav2vec2-layernorm", "tiny-whisper"])

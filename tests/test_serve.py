@@ -16,15 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from audioclf.errors import ConfigError
 from audioclf.infer import Classifier, load_classifier, top_k
-from audioclf.model import build_model, fit_whisper_window
 from audioclf.serve import ServeSettings, create_app, sliding_windows, window_spans
-from audioclf.testing import class_clip
+from audioclf.testing import class_clip, save_tone_model
 
 LABELS = ["low", "high", "noise"]
 RATE = 16_000  # Hz, the tiny Whisper model's rate
@@ -32,28 +30,7 @@ WINDOW_SECONDS = 1  # the tiny model's window, so inference stays cheap
 
 
 def save_tiny_tone_model(directory: Path) -> Path:
-    """A tiny random Whisper classifier with a 1 s window and a nearest-centroid head fitted on a few tone clips, so
-    that (unlike a random head) it predicts different labels for different TONE_CLASSES clips."""
-    bundle = build_model("tiny-whisper", LABELS, seed=0)
-    fit_whisper_window(bundle, WINDOW_SECONDS)
-    head = bundle.model.classifier
-    features: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda module, inputs, output: features.append(inputs[0].detach()))
-    classifier = Classifier(bundle)
-    means = []
-    for label in LABELS:
-        features.clear()
-        classifier.probabilities([class_clip(label, WINDOW_SECONDS, RATE, seed=s) for s in range(4)])
-        means.append(torch.cat(features).mean(0))
-    hook.remove()
-    centroids = torch.stack(means)
-    center = centroids.mean(0)
-    directions = centroids - center
-    with torch.no_grad():
-        head.weight.copy_(5 * directions / directions.norm(dim=1, keepdim=True) ** 2)
-        head.bias.copy_(-(head.weight @ center))
-    bundle.save(directory)
-    return directory
+    return save_tone_model(directory, "tiny-whisper", tuple(LABELS))
 
 
 def wav_bytes(samples: np.ndarray, sampling_rate: int = RATE, subtype: str | None = None) -> bytes:

@@ -112,3 +112,35 @@ def tiny_train_options(**overrides):
     from audioclf.config import resolve_options
 
     return resolve_options("default", {**TINY_TRAINING, **overrides})
+
+
+def save_tone_model(directory, name: str = "tiny-whisper", labels=("low", "high", "noise"), seed: int = 0):
+    """A tiny random model (1 s window for Whisper) with a nearest-centroid head fitted on a few TONE_CLASSES
+    clips and saved to `directory`, so that, unlike a random head, it gives each class its own label with a
+    clear score. Builds in a second, no training."""
+    import torch
+
+    from audioclf.infer import Classifier
+    from audioclf.model import build_model, fit_whisper_window
+
+    rate = 16_000  # Hz, the tiny models' rate
+    bundle = build_model(name, list(labels), seed=seed)
+    fit_whisper_window(bundle, 1)
+    head = bundle.model.classifier
+    features: list = []
+    hook = head.register_forward_hook(lambda module, inputs, output: features.append(inputs[0].detach()))
+    classifier = Classifier(bundle)
+    means = []
+    for label in labels:
+        features.clear()
+        classifier.probabilities([class_clip(label, 1.0, rate, seed=s) for s in range(4)])
+        means.append(torch.cat(features).mean(0))
+    hook.remove()
+    centroids = torch.stack(means)
+    center = centroids.mean(0)
+    directions = centroids - center
+    with torch.no_grad():
+        head.weight.copy_(5 * directions / directions.norm(dim=1, keepdim=True) ** 2)
+        head.bias.copy_(-(head.weight @ center))
+    bundle.save(directory)
+    return directory
