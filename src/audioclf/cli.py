@@ -193,6 +193,8 @@ def train_command(
     output: Path | None = typer.Option(None, "--output", "-o", help="Directory to write the trained model to."),
     config: Path | None = typer.Option(None, "--config", help="YAML/JSON file of options (any flag below, by name, or a train_config.json); flags given on the command line win."),
     preset: str | None = typer.Option(None, "--preset", help=_t("preset")),
+    mode: str | None = typer.Option(None, "--mode", help=_t("mode")),
+    weighted_layer_sum: bool | None = typer.Option(None, "--weighted-layer-sum/--no-weighted-layer-sum", help=_m("weighted_layer_sum"), show_default=False),
     audio_column: str | None = AudioColumn,
     label_column: str | None = LabelColumn,
     group_column: str | None = GroupColumn,

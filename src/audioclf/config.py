@@ -13,6 +13,7 @@ from pathlib import Path
 from audioclf.errors import ConfigError
 
 CROPS = ("random", "center", "start")
+MODES = ("full", "probe")
 
 
 def option_help(cls, name: str) -> str:
@@ -70,6 +71,7 @@ class ModelOptions:
 
 @dataclass
 class TrainOptions:
+    mode: str = field(default="full", metadata={"help": "'full' fine-tunes the encoder; 'probe' keeps it frozen, caches its per-layer outputs once and trains only the head (seconds)."})
     preset: str = field(default="default", metadata={"help": "Starting values: 'default' (learns on a CPU) or 'seed' (the guide's recipe)."})
     max_seconds: float | None = field(
         default=None, metadata={"help": "Clip window in seconds; default: the 90th percentile of training clip durations, rounded up."}
@@ -124,6 +126,8 @@ def resolve_options(preset: str, overrides: dict) -> TrainOptions:
         raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
     options = replace(TrainOptions(preset=preset), **PRESETS[preset])
     options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
+    if options.mode not in MODES:
+        raise ConfigError(f"--mode {options.mode!r}: choose one of {', '.join(MODES)}")
     for name in ("train_crop", "eval_crop"):
         if getattr(options, name) not in CROPS:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(options, name)!r}: choose one of {', '.join(CROPS)}")

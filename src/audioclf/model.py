@@ -135,11 +135,13 @@ def feature_extractor_for(config: PretrainedConfig, window_seconds: int = 30):
     raise ConfigError(f"no feature extractor known for model_type {config.model_type!r}")
 
 
-def build_model(model_config: str, labels: list[str], seed: int = 42) -> ModelBundle:
+def build_model(model_config: str, labels: list[str], seed: int = 42, weighted_layer_sum: bool | None = None) -> ModelBundle:
     """An untrained classifier built from a config (see resolve_config), with our label maps."""
     config = resolve_config(model_config)
     id2label, label2id = label_maps(labels)
     config.num_labels, config.id2label, config.label2id = len(labels), id2label, label2id
+    if weighted_layer_sum is not None:
+        config.use_weighted_layer_sum = weighted_layer_sum
     torch.manual_seed(seed)
     try:
         model = AutoModelForAudioClassification.from_config(config)
@@ -148,7 +150,7 @@ def build_model(model_config: str, labels: list[str], seed: int = 42) -> ModelBu
     return ModelBundle(model, feature_extractor_for(config))
 
 
-def load_model(model: str, labels: list[str] | None = None) -> ModelBundle:
+def load_model(model: str, labels: list[str] | None = None, weighted_layer_sum: bool | None = None) -> ModelBundle:
     """Load a classifier from a local directory or a Hub id. With `labels`, the head is sized and named for
     them (a new head where the checkpoint's does not fit); without, the checkpoint's own labels are kept."""
     local = Path(model).exists()
@@ -158,6 +160,8 @@ def load_model(model: str, labels: list[str] | None = None) -> ModelBundle:
     if labels is not None:
         id2label, label2id = label_maps(labels)
         kwargs = dict(num_labels=len(labels), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
+    if weighted_layer_sum is not None:
+        kwargs["use_weighted_layer_sum"] = weighted_layer_sum  # a new layer_weights parameter where it was off
     try:
         feature_extractor = AutoFeatureExtractor.from_pretrained(model)
         classifier = AutoModelForAudioClassification.from_pretrained(model, **kwargs)

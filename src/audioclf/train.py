@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,13 +79,9 @@ def _prepare_model(model_opts: ModelOptions, labels: list[str], seed: int) -> Mo
     if bool(model_opts.model) == bool(model_opts.model_config):
         raise ConfigError("give exactly one of --model (a checkpoint) or --model-config (an untrained model)")
     if model_opts.model_config:
-        bundle = build_model(model_opts.model_config, labels, seed=seed)
-    else:
-        torch.manual_seed(seed)
-        bundle = load_model(model_opts.model, labels)
-    if model_opts.weighted_layer_sum is not None and model_opts.weighted_layer_sum != bundle.model.config.use_weighted_layer_sum:
-        raise ConfigError("--weighted-layer-sum must be set in the checkpoint's config to change it")
-    return bundle
+        return build_model(model_opts.model_config, labels, seed=seed, weighted_layer_sum=model_opts.weighted_layer_sum)
+    torch.manual_seed(seed)
+    return load_model(model_opts.model, labels, weighted_layer_sum=model_opts.weighted_layer_sum)
 
 
 def _check_hub_reachable() -> None:
@@ -266,6 +262,8 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     echo(f"data: {len(clips.labels)} labels; {len(train_split)} training, {len(eval_split)} evaluation"
          + (f", {len(test_split)} test clips" if test_split is not None else " clips"))
 
+    if options.mode == "probe" and model_opts.weighted_layer_sum is None:
+        model_opts = replace(model_opts, weighted_layer_sum=True)  # the probe trains exactly this head
     bundle = _prepare_model(model_opts, clips.labels, options.seed)
     window = choose_window_from(train_split, options.max_seconds, bundle.model_type == "whisper")
     fit_whisper_window(bundle, int(window)) if bundle.model_type == "whisper" else None
@@ -273,12 +271,48 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
         freeze_front_end(bundle.model)
     freeze_lowest_layers(bundle.model, options.freeze_layers)
     echo(f"model: {bundle.model_type}, {sum(p.numel() for p in bundle.model.parameters()):,} parameters, "
-         f"window {window:g} s at {bundle.sampling_rate} Hz")
+         f"window {window:g} s at {bundle.sampling_rate} Hz, mode {options.mode}")
+    featurizer = BatchFeaturizer(bundle.feature_extractor, bundle.model_type, bundle.uses_attention_mask)
+    metrics = {"labels": clips.labels, "window_seconds": window, "problems": [asdict(p) for p in clips.problems]}
+    splits = (train_split, eval_split, test_split)
+    if options.mode == "probe":
+        metrics.update(_train_probe(bundle, featurizer, splits, window, options, echo, progress))
+        trainer = None
+    else:
+        trainer, fine_tuned = _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints,
+                                         last_checkpoint if resume else None, push_to_hub, hub_model_id,
+                                         progress, echo, callbacks)
+        metrics.update(fine_tuned)
+    metrics["train_seconds"] = round(time.monotonic() - started, 1)
 
+    staging = work / "final"
+    if staging.exists():
+        shutil.rmtree(staging)
+    bundle.save(staging)
+    resolved = {"data": asdict(data), "model": asdict(model_opts), "train": asdict(options), "window_seconds": window,
+                "versions": {"transformers": transformers.__version__, "torch": torch.__version__}}
+    (staging / "train_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (staging / "labels.txt").write_text("".join(label + "\n" for label in clips.labels))
+    if push_to_hub:
+        if trainer is not None:
+            trainer.push_to_hub()
+        else:
+            bundle.model.push_to_hub(hub_model_id or output.name)
+            bundle.feature_extractor.push_to_hub(hub_model_id or output.name)
+    _install(staging, output)
+    shutil.rmtree(work, ignore_errors=True)
+    return TrainResult(output=output, metrics=metrics)
+
+
+def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints, resume_from, push_to_hub,
+               hub_model_id, progress, echo, callbacks):
+    """The Trainer run: lazy crops and features, optional probe-fitted head, early stopping on accuracy.
+    Returns the trainer (its best model is in bundle.model) and the metrics it measured."""
+    train_split, eval_split, test_split = splits
     train_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed,
                                             options.speed_perturbation))
     eval_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
-    featurizer = BatchFeaturizer(bundle.feature_extractor, bundle.model_type, bundle.uses_attention_mask)
     if options.probe_init and model_opts.model:  # a random encoder's outputs are not worth probing
         probed = time.monotonic()
         accuracy = fit_head(bundle, featurizer, train_split.with_transform(
@@ -293,8 +327,9 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
         trainer_callbacks.append(EarlyStoppingCallback(options.early_stopping_patience))
     loss = None
     if options.class_weights:
-        counts = np.bincount(np.asarray(train_split.with_format(None)["label"]), minlength=len(clips.labels))
-        loss = _weighted_loss(torch.tensor(len(train_split) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32))
+        n_labels = bundle.model.config.num_labels
+        counts = np.bincount(np.asarray(train_split.with_format(None)["label"]), minlength=n_labels)
+        loss = _weighted_loss(torch.tensor(len(train_split) / (n_labels * np.maximum(counts, 1)), dtype=torch.float32))
     trainer = Trainer(
         model=bundle.model, args=args, train_dataset=train_split, eval_dataset=eval_split,
         data_collator=TrainingCollator(featurizer), compute_metrics=_accuracy, callbacks=trainer_callbacks,
@@ -304,32 +339,40 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     trainer.remove_callback(ProgressCallback)
     if progress:
         trainer.add_callback(_QuietProgress())
-    trainer.train(resume_from_checkpoint=last_checkpoint if resume else None)
+    trainer.train(resume_from_checkpoint=resume_from)
 
     trainer.remove_callback(EarlyStoppingCallback)  # it warns on the final, differently named evaluations
-    metrics = {"labels": clips.labels, "window_seconds": window, "history": epoch_line.history,
-               "problems": [asdict(p) for p in clips.problems]}
-    metrics["validation"] = _strip(trainer.evaluate(eval_split))
+    metrics = {"history": epoch_line.history, "validation": _strip(trainer.evaluate(eval_split))}
     if test_split is not None:
         test_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
         metrics["test"] = _strip(trainer.evaluate(test_split, metric_key_prefix="test"))
-    metrics["train_seconds"] = round(time.monotonic() - started, 1)
-
-    staging = work / "final"
-    if staging.exists():
-        shutil.rmtree(staging)
     bundle.model = trainer.model
-    bundle.save(staging)
-    resolved = {"data": asdict(data), "model": asdict(model_opts), "train": asdict(options), "window_seconds": window,
-                "versions": {"transformers": transformers.__version__, "torch": torch.__version__}}
-    (staging / "train_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (staging / "labels.txt").write_text("".join(label + "\n" for label in clips.labels))
-    if push_to_hub:
-        trainer.push_to_hub()
-    _install(staging, output)
-    shutil.rmtree(work, ignore_errors=True)
-    return TrainResult(output=output, metrics=metrics)
+    return trainer, metrics
+
+
+def _train_probe(bundle, featurizer, splits, window, options, echo, progress) -> dict:
+    """Probe mode: cache every split's per-layer means once (disk cache), then train only the head."""
+    from audioclf.probe import accuracy_and_loss, cached_layer_means, train_head
+
+    features, labels = {}, {}
+    for name, split in zip(("train", "validation", "test"), splits):
+        if split is None:
+            continue
+        clips = split.with_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
+        started = time.monotonic()
+        features[name], cached = cached_layer_means(bundle, featurizer, split, clips, window, options.eval_crop, progress)
+        labels[name] = split.with_format(None)["label"]
+        echo(f"{name}: layer features of {len(split)} clips " + ("from the cache" if cached else
+             f"computed in {time.monotonic() - started:.0f} s"))
+    started = time.monotonic()
+    fit = train_head(bundle.model, features["train"], labels["train"], features["validation"], labels["validation"],
+                     options.seed)
+    echo(f"head: {fit['best_step']} of {fit['steps']} steps in {time.monotonic() - started:.1f} s, "
+         f"training accuracy {fit['train_accuracy']:.3f}, evaluation accuracy {fit['eval_accuracy']:.3f}")
+    metrics = {"probe": fit, "validation": accuracy_and_loss(bundle.model, features["validation"], labels["validation"])}
+    if "test" in features:
+        metrics["test"] = accuracy_and_loss(bundle.model, features["test"], labels["test"])
+    return metrics
 
 
 def choose_window_from(dataset, requested: float | None, whisper: bool) -> float:
