@@ -14,14 +14,13 @@ import torch
 import transformers
 from typer.testing import CliRunner
 
-from audioclf.audio import load_audio
+from audioclf.audio import load_audio, stream_audio
 from audioclf.cli import app
 from audioclf.errors import AudioLoadError, ConfigError
 from audioclf.infer import (
     DEFAULT_WINDOW_SECONDS,
     load_classifier,
     plan_batches,
-    stream_audio,
     stream_windows,
     window_spans,
 )

@@ -9,6 +9,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Union
 
 import numpy as np
@@ -21,6 +22,7 @@ AudioSource = Union[str, Path, bytes, bytearray, memoryview]
 
 MIN_SAMPLING_RATE = 1_000  # Hz; below this nothing is speech or sound worth classifying
 MAX_SAMPLING_RATE = 768_000  # Hz; the highest rate real converters produce
+STREAM_BLOCK_FRAMES = 65_536  # frames read at a time from a long recording (about 4 s at 16 kHz)
 RESAMPLE_QUALITY = "HQ"  # soxr's high-quality preset, the same one its `resample()` defaults to
 # Sizes at or above this are "length unknown" placeholders written by streaming writers
 # (ffmpeg to a pipe writes 0xFFFFFFFF, arecord 0x7FFFF000), not a promise of that many bytes.
@@ -153,3 +155,55 @@ def load_audio(source: AudioSource, sampling_rate: int, name: str | None = None)
 def inspect_audio(source: AudioSource, name: str | None = None) -> AudioInfo:
     """Decode a clip fully (so corrupt data is found) and return what was found, without keeping samples."""
     return read_audio(source, name)[1]
+
+
+def header_info(source: AudioSource, name: str | None = None) -> AudioInfo:
+    """What a clip's header says (rate, channels, frames; frames may be 0 when unknown), without decoding it."""
+    where = describe_source(source, name)
+    with _open(source, where) as f:
+        return AudioInfo(sampling_rate=int(f.samplerate), channels=int(f.channels), frames=int(f.frames), format=f.format)
+
+
+def stream_audio(source: AudioSource, sampling_rate: int, name: str | None = None,
+                 block_frames: int = STREAM_BLOCK_FRAMES) -> Iterator[np.ndarray]:
+    """Float32 mono blocks at `sampling_rate` Hz of a recording, decoded and resampled a block at a time.
+
+    The blocks joined are exactly what `load_audio` returns, and the same problems raise the same AudioLoadError
+    (some only once the stream reaches them), but only one block is held at a time.
+    """
+    where = describe_source(source, name)
+    with _open(source, where) as f:
+        if not MIN_SAMPLING_RATE <= f.samplerate <= MAX_SAMPLING_RATE:
+            raise AudioLoadError(
+                where, f"absurd sampling rate {f.samplerate} Hz (expected {MIN_SAMPLING_RATE}-{MAX_SAMPLING_RATE} Hz)"
+            )
+        if f.channels < 1:
+            raise AudioLoadError(where, "no audio channels")
+        missing = _missing_data_bytes(f.extra_info)
+        if missing:
+            raise AudioLoadError(
+                where, f"truncated or corrupt audio (data chunk is {missing} bytes shorter than its header says)"
+            )
+        resampler = None
+        if f.samplerate != sampling_rate:
+            resampler = soxr.ResampleStream(f.samplerate, sampling_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+        frames = 0
+        while True:
+            try:
+                block = f.read(block_frames, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as e:
+                raise AudioLoadError(where, f"truncated or corrupt audio ({_reason(e)})") from e
+            if not np.isfinite(block).all():
+                raise AudioLoadError(where, "non-finite samples (NaN or infinity)")
+            frames += block.shape[0]
+            last = block.shape[0] < block_frames
+            mono = to_mono(block)
+            out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
+            if len(out):
+                yield out.astype(np.float32, copy=False)
+            if last:
+                break
+        if frames == 0:
+            raise AudioLoadError(where, "empty audio (0 samples)")
+        if 0 < f.frames != frames:
+            raise AudioLoadError(where, f"truncated or corrupt audio (header says {f.frames} frames, read {frames})")

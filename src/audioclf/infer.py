@@ -21,22 +21,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import soundfile as sf
-import soxr
 
-# _open and _missing_data_bytes are audio.py's own checks, shared so a streamed recording fails exactly as a loaded one
-from audioclf.audio import (
-    MAX_SAMPLING_RATE,
-    MIN_SAMPLING_RATE,
-    RESAMPLE_QUALITY,
-    AudioSource,
-    _missing_data_bytes,
-    _open,
-    _reason,
-    describe_source,
-    load_audio,
-    to_mono,
-)
+from audioclf.audio import AudioSource, describe_source, header_info, load_audio, stream_audio
 from audioclf.errors import AudioLoadError, ConfigError, ModelError
 
 DEFAULT_BATCH_SIZE = 8
@@ -46,7 +32,6 @@ DEFAULT_WINDOW_SECONDS = 10.0
 DEFAULT_HOP_FRACTION = 0.5  # default hop: half a window, so every moment is seen by two windows
 DECODE_WORKERS = 2  # threads decoding and resampling files ahead of the model (soundfile and soxr release the GIL)
 CHUNK_BATCHES = 4  # files decoded ahead of the model, in batches: bounds the memory of decoded clips
-STREAM_BLOCK_FRAMES = 65_536  # frames read at a time from a long recording (about 4 s at 16 kHz)
 # Clips batched together with an attention mask differ in length by at most this factor, so padding stays small.
 MAX_PADDING_RATIO = 1.25
 BACKENDS = ("torch", "onnx")
@@ -267,51 +252,6 @@ def mel_filters(n_fft: int, n_mels: int, sampling_rate: int, max_hertz: float = 
 # --- streaming decode and sliding windows -------------------------------------------------------
 
 
-def stream_audio(source: AudioSource, sampling_rate: int, name: str | None = None,
-                 block_frames: int = STREAM_BLOCK_FRAMES) -> Iterator[np.ndarray]:
-    """Float32 mono blocks at `sampling_rate` Hz of a recording, decoded and resampled a block at a time.
-
-    The blocks joined are exactly what `load_audio` returns, and the same problems raise the same AudioLoadError
-    (some only once the stream reaches them), but only one block is held at a time.
-    """
-    where = describe_source(source, name)
-    with _open(source, where) as f:
-        if not MIN_SAMPLING_RATE <= f.samplerate <= MAX_SAMPLING_RATE:
-            raise AudioLoadError(
-                where, f"absurd sampling rate {f.samplerate} Hz (expected {MIN_SAMPLING_RATE}-{MAX_SAMPLING_RATE} Hz)"
-            )
-        if f.channels < 1:
-            raise AudioLoadError(where, "no audio channels")
-        missing = _missing_data_bytes(f.extra_info)
-        if missing:
-            raise AudioLoadError(
-                where, f"truncated or corrupt audio (data chunk is {missing} bytes shorter than its header says)"
-            )
-        resampler = None
-        if f.samplerate != sampling_rate:
-            resampler = soxr.ResampleStream(f.samplerate, sampling_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
-        frames = 0
-        while True:
-            try:
-                block = f.read(block_frames, dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as e:
-                raise AudioLoadError(where, f"truncated or corrupt audio ({_reason(e)})") from e
-            if not np.isfinite(block).all():
-                raise AudioLoadError(where, "non-finite samples (NaN or infinity)")
-            frames += block.shape[0]
-            last = block.shape[0] < block_frames
-            mono = to_mono(block)
-            out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
-            if len(out):
-                yield out.astype(np.float32, copy=False)
-            if last:
-                break
-        if frames == 0:
-            raise AudioLoadError(where, "empty audio (0 samples)")
-        if 0 < f.frames != frames:
-            raise AudioLoadError(where, f"truncated or corrupt audio (header says {f.frames} frames, read {frames})")
-
-
 def window_spans(n_samples: int, window: int, hop: int) -> list[tuple[int, int]]:
     """(start, end) sample spans of windows hopping over a clip; the last ends at the clip's end, so the tail is
     covered. A clip no longer than one window is one span: itself."""
@@ -483,9 +423,8 @@ class Classifier:
     def _decode(self, source: AudioSource) -> _Decoded:
         name = describe_source(source)
         try:
-            with _open(source, name) as f:
-                frames, rate = f.frames, f.samplerate
-            if 0 < frames <= self.window_seconds * rate:
+            info = header_info(source, name)
+            if 0 < info.frames <= self.window_seconds * info.sampling_rate:
                 return _Decoded(name, samples=load_audio(source, self.sampling_rate))
             return _Decoded(name, stream=source)  # long (or of unknown length): streamed when its turn comes
         except AudioLoadError as e:
