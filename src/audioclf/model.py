@@ -150,12 +150,20 @@ def build_model(model_config: str, labels: list[str], seed: int = 42, weighted_l
     return ModelBundle(model, feature_extractor_for(config))
 
 
+def check_model_reference(model: str) -> bool:
+    """Whether `model` is a local directory; a path that does not exist is a ModelError, before any work.
+    Anything else is taken for a Hub id."""
+    if Path(model).exists():
+        return True
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelError(f"--model {model!r}: no such directory")
+    return False
+
+
 def load_model(model: str, labels: list[str] | None = None, weighted_layer_sum: bool | None = None) -> ModelBundle:
     """Load a classifier from a local directory or a Hub id. With `labels`, the head is sized and named for
     them (a new head where the checkpoint's does not fit); without, the checkpoint's own labels are kept."""
-    local = Path(model).exists()
-    if not local and (model.startswith((".", "/", "~")) or model.count("/") > 1):
-        raise ModelError(f"--model {model!r}: no such directory")
+    local = check_model_reference(model)
     kwargs: dict = {}
     if labels is not None:
         id2label, label2id = label_maps(labels)

@@ -27,10 +27,12 @@ from audioclf.features import BatchFeaturizer, ClipTransform, TrainingCollator
 from audioclf.model import (
     ModelBundle,
     build_model,
+    check_model_reference,
     fit_whisper_window,
     freeze_front_end,
     freeze_lowest_layers,
     load_model,
+    resolve_config,
     whole_seconds,
 )
 
@@ -75,9 +77,17 @@ def training_arguments(options: TrainOptions, checkpoint_dir: Path, progress: bo
     )
 
 
-def _prepare_model(model_opts: ModelOptions, labels: list[str], seed: int) -> ModelBundle:
+def _check_model_options(model_opts: ModelOptions) -> None:
     if bool(model_opts.model) == bool(model_opts.model_config):
         raise ConfigError("give exactly one of --model (a checkpoint) or --model-config (an untrained model)")
+    if model_opts.model:
+        check_model_reference(model_opts.model)
+    else:
+        resolve_config(model_opts.model_config)
+
+
+def _prepare_model(model_opts: ModelOptions, labels: list[str], seed: int) -> ModelBundle:
+    _check_model_options(model_opts)
     if model_opts.model_config:
         return build_model(model_opts.model_config, labels, seed=seed, weighted_layer_sum=model_opts.weighted_layer_sum)
     torch.manual_seed(seed)
@@ -254,6 +264,7 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
         shutil.rmtree(work)
     if push_to_hub:
         _check_hub_reachable()
+    _check_model_options(model_opts)  # a bad model is reported before the data is scanned
     if options.threads:
         torch.set_num_threads(options.threads)
 
