@@ -83,12 +83,12 @@ class TrainOptions:
     batch_size: int = field(default=8, metadata={"help": "Training clips per device per step."})
     eval_batch_size: int = field(default=16, metadata={"help": "Evaluation clips per device per step."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps whose gradients are summed before an update."})
-    epochs: float = field(default=6, metadata={"help": "Maximum number of passes over the training clips."})
+    epochs: float = field(default=12, metadata={"help": "Maximum number of passes over the training clips."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Share of the updates spent warming the learning rate up."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many updates."})
     early_stopping_patience: int | None = field(
-        default=3, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never)."}
+        default=4, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never)."}
     )
     freeze_front_end: bool = field(default=True, metadata={"help": "Freeze the convolutional feature encoder."})
     freeze_layers: int = field(default=0, metadata={"help": "Also freeze this many of the encoder's lowest transformer layers."})
@@ -100,7 +100,7 @@ class TrainOptions:
     )
     class_weights: bool = field(default=False, metadata={"help": "Weight the loss by inverse label frequency (for imbalanced data)."})
     validation_size: float = field(
-        default=0.15, metadata={"help": "Share of training clips held out for early stopping (0: evaluate on the test split, as the guide does)."}
+        default=0.1, metadata={"help": "Share of training clips held out for early stopping (0: evaluate on the test split, as the guide does)."}
     )
     seed: int = field(default=42, metadata={"help": "Random seed for the model head, crops, splits and data order."})
     threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)."})
