@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from audioclf.errors import ConfigError
-from audioclf.infer import Classifier, load_classifier, top_k
-from audioclf.serve import ServeSettings, create_app, sliding_windows, window_spans
+from audioclf.infer import Classifier, load_classifier, top_k, window_spans
+from audioclf.serve import ServeSettings, create_app, sliding_windows
 from audioclf.testing import class_clip, save_tone_model
 
 LABELS = ["low", "high", "noise"]

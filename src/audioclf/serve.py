@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audioclf.audio import load_audio
 from audioclf.errors import AudioLoadError, ConfigError
-from audioclf.infer import top_k
+from audioclf.infer import top_k, window_spans
 
 logger = logging.getLogger("audioclf.serve")
 
@@ -104,17 +104,6 @@ def window_seconds_of(classifier: ClipClassifier) -> float:
     """The model's fixed input window (Whisper), else DEFAULT_WINDOW_SECONDS."""
     bundle = getattr(classifier, "bundle", None)
     return getattr(bundle, "window_seconds", None) or DEFAULT_WINDOW_SECONDS
-
-
-def window_spans(n_samples: int, window_samples: int, hop_samples: int) -> list[tuple[int, int]]:
-    """(start, end) sample spans of windows hopping over a clip; the last one ends at the clip's end, so the tail is
-    covered. A clip no longer than one window is one span."""
-    if n_samples <= window_samples:
-        return [(0, n_samples)]
-    starts = list(range(0, n_samples - window_samples + 1, hop_samples))
-    if starts[-1] + window_samples < n_samples:
-        starts.append(n_samples - window_samples)
-    return [(start, start + window_samples) for start in starts]
 
 
 def sliding_windows(samples: np.ndarray, sampling_rate: int, window_seconds: float) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
