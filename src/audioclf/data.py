@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
+import hashlib
+import io
 import json
 import os
 import re
-from collections import Counter
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,6 +22,7 @@ from typing import Any, Callable, Iterator
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from audioclf.audio import AudioSource, inspect_audio, load_audio
@@ -41,6 +44,10 @@ SPLIT_COLUMN = "split"  # a manifest column with this name brings the manifest's
 SCAN_COLUMNS = ("duration_seconds", "sampling_rate", "channels")  # what scanning adds to every row
 RESERVED_COLUMNS = ("audio", "label", *SCAN_COLUMNS)
 SCAN_BATCH_SIZE = 64  # rows read at a time while scanning: path/bytes of 64 clips, never their decoded samples
+PROGRESS_EVERY_ROWS = 1024  # manifest rows read between progress bar updates
+MANIFEST_CHUNK_ROWS = 10_000  # manifest rows held as Python objects at once (a few MB) before they become Arrow
+MANIFEST_IN_MEMORY_BYTES = 4 * 2**20  # larger manifests become Arrow files in the datasets cache, not memory
+MANIFEST_CACHE_FOLDER = "audioclf_manifests"  # under datasets.config.HF_DATASETS_CACHE
 HUB_PROBE_TIMEOUT_SECONDS = 5.0  # one quick request before load_dataset, whose own retries take ~30 s offline
 
 
@@ -119,12 +126,12 @@ def load_clips(spec: DataSpec, split: bool = True, progress: bool = True) -> Cli
     """
     derived = False
     with _datasets_progress(progress):
-        source = _open_source(spec)
+        source = _open_source(spec, progress)
         if not split and len(source.splits) > 1:
             source.splits = {"all": datasets.concatenate_datasets(list(source.splits.values()))}
-        scans = _scan_source(source, spec.strict, progress)
-        labels = _checked_labels(source, scans)
-        splits = {name: _finish(source.splits[name], scan, labels) for name, scan in scans.items()}
+        scans, names = _scan_source(source, spec.strict, progress)
+        labels = _checked_labels(source, scans, names)
+        splits = {name: _finish(source.splits[name], scan, labels, names) for name, scan in scans.items()}
 
         if not split:
             (only,) = splits.values()
@@ -145,27 +152,32 @@ def load_clips(spec: DataSpec, split: bool = True, progress: bool = True) -> Cli
 def inspect_clips(spec: DataSpec, progress: bool = True) -> InspectReport:
     """Scan a source like `load_clips` and report on it. Bad clips are reported, not raised (unless strict)."""
     with _datasets_progress(progress):
-        source = _open_source(spec)
-        scans = _scan_source(source, spec.strict, progress)
-    known = _sort_labels(set(source.declared_labels) | {lab for s in scans.values() for lab in s.labels if lab is not None})
-    per_label = Counter(lab for s in scans.values() for lab, ok in zip(s.labels, s.readable) if ok)
-    durations = [d for s in scans.values() for d, ok in zip(s.durations, s.readable) if ok]
-    rates = Counter(r for s in scans.values() for r, ok in zip(s.rates, s.readable) if ok)
-    channels = Counter(c for s in scans.values() for c, ok in zip(s.channels, s.readable) if ok)
+        source = _open_source(spec, progress)
+        scans, names = _scan_source(source, spec.strict, progress)
+    per_label = dict(zip(names, _kept_per_code(scans, len(names))))
+    durations = np.concatenate([s.durations[s.readable] for s in scans.values()])
+    rates = np.concatenate([s.rates[s.readable] for s in scans.values()])
+    channels = np.concatenate([s.channels[s.readable] for s in scans.values()])
     return InspectReport(
         source=source.where,
-        labels={label: per_label.get(label, 0) for label in known},
-        splits={name: int(sum(s.readable)) for name, s in scans.items()},
+        labels={label: per_label.get(label, 0) for label in _sort_labels(set(source.declared_labels) | set(names))},
+        splits={name: int(s.readable.sum()) for name, s in scans.items()},
         durations_seconds={
-            "min": min(durations) if durations else None,
-            "mean": float(np.mean(durations)) if durations else None,
-            "max": max(durations) if durations else None,
-            "total": float(np.sum(durations)) if durations else 0.0,
+            "min": float(durations.min()) if len(durations) else None,
+            "mean": float(durations.mean()) if len(durations) else None,
+            "max": float(durations.max()) if len(durations) else None,
+            "total": float(durations.sum()),
         },
-        sampling_rates=dict(sorted(rates.items())),
-        channels=dict(sorted(channels.items())),
+        sampling_rates=_value_counts(rates),
+        channels=_value_counts(channels),
         problems=source.top_problems + [p for s in scans.values() for p in s.problems],
     )
+
+
+def _value_counts(values: np.ndarray) -> dict[int, int]:
+    """Sorted value -> how often it occurs."""
+    found, counts = np.unique(values, return_counts=True)
+    return {int(v): int(n) for v, n in zip(found, counts)}
 
 
 def clip_samples(audio: dict, sampling_rate: int) -> np.ndarray:
@@ -187,7 +199,7 @@ def split_dataset(
     """
     if not 0.0 < test_size < 1.0:
         raise ConfigError(f"--test-size {test_size} must be between 0 and 1 (a fraction of the clips)")
-    labels = np.asarray(list(ds["label"]))
+    labels = _arrow_column(ds, "label").to_numpy()
     label_names = _label_namer(ds)
     rng = np.random.default_rng(seed)
     if group_column is None:
@@ -195,12 +207,13 @@ def split_dataset(
     else:
         if group_column not in ds.column_names:
             raise ColumnError("--group-column", group_column, ds.column_names, "the clips")
-        groups = [str(g) for g in ds[group_column]]
-        test_rows = _grouped_test_rows(labels, groups, test_size, rng, label_names, group_column)
+        group_names, group_of_row = _group_codes(ds, group_column)
+        test_rows = _grouped_test_rows(labels, group_names, group_of_row, test_size, rng, label_names, group_column)
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[test_rows] = True
     return datasets.DatasetDict(
-        {names[0]: ds.select(np.flatnonzero(~is_test)), names[1]: ds.select(np.flatnonzero(is_test))}
+        {names[0]: ds.select(np.flatnonzero(~is_test), keep_in_memory=True),  # row numbers only, nothing on disk
+         names[1]: ds.select(np.flatnonzero(is_test), keep_in_memory=True)}
     )
 
 
@@ -226,7 +239,7 @@ class _Source:
     top_problems: list[ClipProblem] = field(default_factory=list)  # found while opening, before any decoding
 
 
-def _open_source(spec: DataSpec) -> _Source:
+def _open_source(spec: DataSpec, progress: bool = False) -> _Source:
     text = str(spec.data).strip()
     path = Path(text).expanduser()
     if path.is_dir():
@@ -238,7 +251,7 @@ def _open_source(spec: DataSpec) -> _Source:
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in MANIFEST_DELIMITERS:
-            return _open_manifest(path, spec)
+            return _open_manifest(path, spec, progress)
         if suffix == ".parquet":
             return _open_parquet(str(path.resolve()), spec, files=[path])
         raise DataError(
@@ -292,89 +305,274 @@ def _open_folder(root: Path, spec: DataSpec) -> _Source:
     return _Source({"all": ds}, _text_label, where, declared_labels=declared, top_problems=top)
 
 
-def _open_manifest(manifest: Path, spec: DataSpec) -> _Source:
+def _open_manifest(manifest: Path, spec: DataSpec, progress: bool) -> _Source:
+    """Stream the manifest's rows, a chunk at a time, into one Arrow table per split: in memory for a small manifest,
+    a file under the datasets cache for a large one. No split ever exists as Python rows."""
     where = str(manifest.resolve())
     if spec.data_config:
         raise ConfigError(f"--data-config applies to Hub datasets, not to the manifest {where}")
-    rows, columns = _read_manifest(manifest)
-    if not rows:
-        raise DataError(f"manifest {where} has no rows")
+    with contextlib.closing(iter_manifest(manifest)) as rows:
+        if next(rows, None) is None:
+            raise DataError(f"manifest {where} has no rows")
+    if MANIFEST_DELIMITERS[manifest.suffix.lower()] is None:
+        # JSONL: keys and value types may change at any row, so a first pass finds them all
+        raw_columns = (spec.audio_column or "path", spec.label_column or "label")  # become strings whatever they hold
+        types = _jsonl_types(manifest, where, raw_columns, progress)
+    else:
+        types = dict.fromkeys(manifest_columns(manifest), pa.string())  # csv gives strings (None for a short row)
+    columns = list(types)
     audio_column, label_column = _check_columns(spec, columns, where, audio_default="path")
-    by_split: dict[str, list[dict]] = {}
-    for line, row in rows:
-        name = "all"
-        if SPLIT_COLUMN in columns:
-            value = str(row.get(SPLIT_COLUMN) or "").strip().lower()
-            if value not in SPLIT_NAMES:
-                raise DataError(
-                    f"{where}: line {line}: {SPLIT_COLUMN} {row.get(SPLIT_COLUMN)!r} is not one of {', '.join(SPLIT_NAMES)}"
-                )
-            name = value
-        by_split.setdefault(name, []).append(row)
-    by_split = {name: by_split[name] for name in (*SPLIT_NAMES, "all") if name in by_split}
-    if spec.data_split:
-        if SPLIT_COLUMN not in columns:
-            raise ConfigError(f"--data-split {spec.data_split!r}: the manifest {where} has no {SPLIT_COLUMN!r} column")
-        if spec.data_split not in by_split:
-            raise DataError(f"--data-split {spec.data_split!r} is not a split of {where}; its splits: {', '.join(by_split)}")
-        by_split = {spec.data_split: by_split[spec.data_split]}
-
-    base = manifest.resolve().parent
+    if spec.data_split and SPLIT_COLUMN not in columns:
+        raise ConfigError(f"--data-split {spec.data_split!r}: the manifest {where} has no {SPLIT_COLUMN!r} column")
     extras = [c for c in columns if c not in (audio_column, label_column)]
+    features = datasets.Features({"audio": datasets.Audio(decode=False), "label": datasets.Value("string")})
+    features.update(datasets.Features.from_arrow_schema(pa.schema([(_free_name(c), types[c]) for c in extras])))
+    schema = features.arrow_schema
+    base = manifest.resolve().parent
+    in_memory = manifest.stat().st_size <= MANIFEST_IN_MEMORY_BYTES
+    folder = None if in_memory else _manifest_cache_folder(where, audio_column, label_column)
 
-    def table(split_rows: list[dict]) -> dict[str, list]:
-        out = {
-            "audio": [_manifest_path(r.get(audio_column), base) for r in split_rows],
-            "label": [_text_label(r.get(label_column)) for r in split_rows],
-        }
-        out.update({_free_name(c): [r.get(c) for r in split_rows] for c in extras})
-        return out
-
-    try:  # types come from all rows, so every split gets the same features
-        features = datasets.Dataset.from_dict(table([row for _, row in rows])).features
-        features["audio"] = datasets.Value("string")  # Audio's own encoder would need torchcodec; cast below
-        splits = {
-            name: datasets.Dataset.from_dict(table(split_rows), features=features).cast_column("audio", datasets.Audio(decode=False))
-            for name, split_rows in by_split.items()
-        }
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise DataError(f"{where}: a column mixes value types ({e})") from e
+    sinks: dict[str, _SplitSink] = {}
+    found: set[str] = set()  # split names, including those --data-split leaves out
+    try:
+        desc = f"Reading {manifest.name}" if progress else None
+        for chunk in _chunked(_manifest_reader(manifest, desc), MANIFEST_CHUNK_ROWS):
+            by_split: dict[str, list[dict]] = {}
+            for line, row in chunk:
+                by_split.setdefault(_manifest_split(row, line, columns, where), []).append(row)
+            found.update(by_split)
+            for name, split_rows in by_split.items():
+                if spec.data_split and name != spec.data_split:
+                    continue
+                if name not in sinks:
+                    sinks[name] = _SplitSink(folder, name, schema)
+                sinks[name].write(_manifest_batch(split_rows, audio_column, label_column, extras, schema, base, where))
+        names = [name for name in (*SPLIT_NAMES, "all") if name in found]
+        if spec.data_split and spec.data_split not in found:
+            raise DataError(
+                f"--data-split {spec.data_split!r} is not a split of {where}; its splits: {', '.join(names)}"
+            )
+        info = datasets.DatasetInfo(features=features)
+        splits = {name: sinks[name].dataset(info) for name in names if name in sinks}
+    except BaseException:
+        for sink in sinks.values():
+            sink.discard()
+        raise
     return _Source(splits, lambda label: label, where)
 
 
-def _read_manifest(manifest: Path) -> tuple[list[tuple[int, dict]], list[str]]:
-    """Rows (with their line numbers) and column names of a CSV/TSV or JSONL manifest."""
-    delimiter = MANIFEST_DELIMITERS[manifest.suffix.lower()]
-    rows: list[tuple[int, dict]] = []
+def _manifest_split(row: dict, line: int, columns: list[str], where: str) -> str:
+    if SPLIT_COLUMN not in columns:
+        return "all"
+    value = str(row.get(SPLIT_COLUMN) or "").strip().lower()
+    if value not in SPLIT_NAMES:
+        raise DataError(
+            f"{where}: line {line}: {SPLIT_COLUMN} {row.get(SPLIT_COLUMN)!r} is not one of {', '.join(SPLIT_NAMES)}"
+        )
+    return value
+
+
+def _manifest_batch(rows: list[dict], audio_column: str, label_column: str, extras: list[str], schema: pa.Schema,
+                    base: Path, where: str) -> pa.RecordBatch:
+    """Rows of one split as an Arrow batch of `schema`: audio as Audio(decode=False) storage, text labels, extras."""
+    paths = pa.array([_manifest_path(row.get(audio_column), base) for row in rows], type=pa.string())
+    no_bytes = pa.nulls(len(rows), type=pa.binary())
+    audio = pa.StructArray.from_arrays([no_bytes, paths], names=["bytes", "path"], mask=paths.is_null())
+    arrays = [audio, pa.array([_text_label(row.get(label_column)) for row in rows], type=pa.string())]
+    for column, target in zip(extras, schema.types[2:]):
+        try:
+            arrays.append(pa.array([row.get(column) for row in rows], type=target))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:  # _jsonl_types should have caught it first
+            raise DataError(f"{where}: column {column!r} mixes value types ({e})") from e
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _jsonl_types(manifest: Path, where: str, raw_columns: tuple[str, ...], progress: bool) -> dict[str, pa.DataType]:
+    """Every key of a JSONL manifest in order of first appearance, with the Arrow type that inferring it from all
+    values at once would give (int and float give float; int and string are an error), found a chunk at a time."""
+    types: dict[str, pa.DataType] = {}
+    desc = f"Checking columns of {manifest.name}" if progress else None
+    for chunk in _chunked(_manifest_reader(manifest, desc), MANIFEST_CHUNK_ROWS):
+        for _, row in chunk:
+            types.update({key: pa.null() for key in row if key not in types})
+        for column, known in types.items():
+            if column in raw_columns:
+                types[column] = pa.string()
+                continue
+            try:
+                types[column] = _unify_types(known, pa.array([row.get(column) for _, row in chunk]).type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                types[column] = _unify_rows(known, column, chunk, where)
+    return types
+
+
+def _unify_rows(known: pa.DataType, column: str, chunk: list[tuple[int, dict]], where: str) -> pa.DataType:
+    """Unify one value at a time, to name the first line whose value does not fit the ones before it."""
+    for line, row in chunk:
+        value = row.get(column)
+        try:
+            known = _unify_types(known, pa.array([value]).type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise DataError(
+                f"{where}: column {column!r} mixes value types: line {line} holds {shown}, earlier rows hold {known} "
+                f"values ({e}); give the column one type"
+            ) from e
+    return known
+
+
+def _unify_types(known: pa.DataType, new: pa.DataType) -> pa.DataType:
+    if known == new:
+        return known
+    both = [pa.schema([("value", known)]), pa.schema([("value", new)])]
+    return pa.unify_schemas(both, promote_options="permissive").field("value").type
+
+
+def _manifest_cache_folder(where: str, audio_column: str, label_column: str) -> Path:
+    """Where the Arrow tables of a large manifest go: one folder per manifest and column choice, rewritten at every
+    load, under the datasets cache (never next to the user's data)."""
+    key = hashlib.sha256(json.dumps([where, audio_column, label_column]).encode()).hexdigest()[:24]
+    folder = Path(datasets.config.HF_DATASETS_CACHE) / MANIFEST_CACHE_FOLDER / key
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"no folder for the Arrow table of the manifest {where}: {e}; point HF_DATASETS_CACHE at a writable folder"
+        ) from e
+    return folder
+
+
+class _SplitSink:
+    """One split's rows as an Arrow IPC stream (the format datasets memory-maps): in memory, or in a temporary file
+    of `folder` that becomes `<split>.arrow` only once it is complete."""
+
+    def __init__(self, folder: Path | None, split: str, schema: pa.Schema):
+        self.path = None if folder is None else folder / f"{split}.arrow"
+        self.temp = None if folder is None else folder / f"{split}.arrow.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        with self._disk_errors():
+            self.stream = pa.BufferOutputStream() if folder is None else pa.OSFile(str(self.temp), "wb")
+            self.writer = pa.ipc.new_stream(self.stream, schema)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        with self._disk_errors():
+            self.writer.write_batch(batch)
+
+    def dataset(self, info: datasets.DatasetInfo) -> datasets.Dataset:
+        with self._disk_errors():
+            self.writer.close()
+            if self.path is None:
+                table = pa.ipc.open_stream(self.stream.getvalue()).read_all()
+                return datasets.Dataset(datasets.table.InMemoryTable(table), info=info)
+            self.stream.close()
+            os.replace(self.temp, self.path)  # a process still reading the previous table keeps its own copy
+        return datasets.Dataset.from_file(str(self.path), info=info)
+
+    @contextlib.contextmanager
+    def _disk_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:  # a full disk or a read-only cache: the user can fix it without touching the data
+            raise DataError(
+                f"could not write the manifest's Arrow table {self.temp} ({e}); free some space there or point "
+                f"HF_DATASETS_CACHE at another folder"
+            ) from e
+
+    def discard(self) -> None:
+        for closable in (self.writer, self.stream):
+            with contextlib.suppress(Exception):
+                closable.close()
+        if self.temp is not None:
+            self.temp.unlink(missing_ok=True)
+
+
+def _chunked(items: Iterator, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def iter_manifest(manifest: Path, progress: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of each row of a CSV/TSV or JSONL manifest, read one row at a time.
+
+    CSV/TSV rows map every header column to a string (None where a row has fewer fields); JSONL rows are the JSON
+    objects as written, so their keys may differ from row to row (`manifest_columns` gives the union). Blank JSONL
+    lines are skipped. A DataError names the line of a row that is not valid JSON, not an object, or has more fields
+    than the header. With `progress`, a bar shows the bytes read out of the file's size.
+    """
+    manifest = Path(manifest)
+    return _manifest_reader(manifest, f"Reading {manifest.name}" if progress else None)
+
+
+def _manifest_reader(manifest: Path, desc: str | None) -> Iterator[tuple[int, dict]]:
+    delimiter = _manifest_delimiter(manifest)
+    total = manifest.stat().st_size
+    with manifest.open("rb") as raw, tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=desc is None) as bar:
+        f = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="" if delimiter else None)
+        for n, (line, row) in enumerate(_manifest_rows(f, manifest, delimiter), start=1):
+            yield line, row
+            if n % PROGRESS_EVERY_ROWS == 0:
+                bar.update(raw.tell() - bar.n)  # raw.tell(): bytes handed to the text decoder so far
+        bar.update(total - bar.n)
+
+
+def manifest_columns(manifest: Path) -> list[str]:
+    """Column names of a manifest: the CSV/TSV header, or for JSONL the union of all rows' keys in order of first
+    appearance. JSONL rows need not share keys, so this reads the whole file (one row at a time)."""
+    manifest = Path(manifest)
+    delimiter = _manifest_delimiter(manifest)
+    if delimiter is not None:
+        with manifest.open(newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f, delimiter=delimiter).fieldnames or [])
+    columns: dict[str, None] = {}  # an ordered set
+    for _, row in iter_manifest(manifest):
+        columns.update(dict.fromkeys(row))
+    return list(columns)
+
+
+def _manifest_delimiter(manifest: Path) -> str | None:
+    suffix = manifest.suffix.lower()
+    if suffix not in MANIFEST_DELIMITERS:
+        raise DataError(f"{manifest}: not a manifest; expected one of {', '.join(MANIFEST_DELIMITERS)}")
+    return MANIFEST_DELIMITERS[suffix]
+
+
+def _manifest_rows(f: io.TextIOBase, manifest: Path, delimiter: str | None) -> Iterator[tuple[int, dict]]:
     if delimiter is None:
-        columns: dict[str, None] = {}  # ordered union of the keys
-        with manifest.open(encoding="utf-8-sig") as f:
-            for line, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{manifest}: line {line} is not valid JSON ({e.msg})") from e
-                if not isinstance(row, dict):
-                    raise DataError(f"{manifest}: line {line} is not a JSON object")
-                columns.update(dict.fromkeys(row))
-                rows.append((line, row))
-        return rows, list(columns)
-    with manifest.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        columns_list = list(reader.fieldnames or [])
-        for row in reader:
-            if None in row:
-                raise DataError(f"{manifest}: line {reader.line_num} has more fields than the header ({len(columns_list)})")
-            rows.append((reader.line_num, row))
-    return rows, columns_list
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{manifest}: line {line} is not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise DataError(f"{manifest}: line {line} is not a JSON object")
+            yield line, row
+        return
+    reader = csv.DictReader(f, delimiter=delimiter)
+    n_columns = len(reader.fieldnames or [])
+    for row in reader:
+        if None in row:
+            raise DataError(f"{manifest}: line {reader.line_num} has more fields than the header ({n_columns})")
+        yield reader.line_num, row
+
+
+# A relative POSIX path with no empty, "." or "~" parts: already what Path would make of it, so joining the strings
+# gives Path's result without building two Paths a row (half the time of reading a large manifest)
+PLAIN_RELATIVE_PATH = re.compile(r"(?!~)(?:(?!\.(?:/|$))[^/]+/)*(?!\.$)[^/]+")
 
 
 def _manifest_path(value: Any, base: Path) -> str | None:
     text = str(value).strip() if value is not None else ""
     if not text:
         return None
+    if os.sep == "/" and PLAIN_RELATIVE_PATH.fullmatch(text):
+        return f"{str(base).rstrip('/')}/{text}"
     path = Path(text).expanduser()
     return str(path if path.is_absolute() else base / path)
 
@@ -550,49 +748,62 @@ def _check_columns(spec: DataSpec, columns: list[str], where: str, audio_default
 
 @dataclass
 class _Scan:
-    """Per row of one split: label name (None: none), readable, and what decoding found (0 where unreadable)."""
+    """Per row of one split, in arrays: label (an index into the scan's label names; -1: no label), readable, and
+    what decoding found (0 where unreadable)."""
 
-    labels: list[str | None] = field(default_factory=list)
-    readable: list[bool] = field(default_factory=list)
-    durations: list[float] = field(default_factory=list)
-    rates: list[int] = field(default_factory=list)
-    channels: list[int] = field(default_factory=list)
+    label_codes: np.ndarray  # int32
+    readable: np.ndarray  # bool
+    durations: np.ndarray  # float64 seconds
+    rates: np.ndarray  # int32 Hz
+    channels: np.ndarray  # int32
     problems: list[ClipProblem] = field(default_factory=list)
 
+    @classmethod
+    def empty(cls, n_rows: int) -> _Scan:
+        return cls(np.full(n_rows, -1, dtype=np.int32), np.zeros(n_rows, dtype=bool), np.zeros(n_rows),
+                   np.zeros(n_rows, dtype=np.int32), np.zeros(n_rows, dtype=np.int32))
 
-def _scan_source(source: _Source, strict: bool, progress: bool) -> dict[str, _Scan]:
-    """Decode every clip once, keeping only its duration, rate and channel count."""
+
+def _scan_source(source: _Source, strict: bool, progress: bool) -> tuple[dict[str, _Scan], list[str]]:
+    """Decode every clip once, keeping only its duration, rate and channel count.
+
+    Returns each split's scan and the label names its codes index, in order of first appearance.
+    """
     total = sum(len(ds) for ds in source.splits.values())
+    names: list[str] = []
+    code_of: dict[str, int] = {}
     scans = {}
     with tqdm(total=total, desc="Scanning clips", unit="clip", disable=None if progress else True) as bar:
         for name, ds in source.splits.items():
-            scan = _Scan()
+            scan = _Scan.empty(len(ds))
             for row, (audio_value, raw_label) in enumerate(_iter_rows(ds)):
                 label = source.decode_label(raw_label)
                 fallback = f"{source.where} [{name}] row {row}"
-                info, problem = None, None
                 if label is None:
                     clip_name = (audio_value or {}).get("path") or fallback
-                    problem = ClipProblem(clip_name, "no label")
+                    scan.problems.append(ClipProblem(clip_name, "no label"))
                     if strict:
                         raise DataError(f"{clip_name}: no label")
                 else:
+                    code = code_of.get(label)
+                    if code is None:
+                        code = code_of[label] = len(names)
+                        names.append(label)
+                    scan.label_codes[row] = code
                     try:
                         info = inspect_audio(*_clip_source(audio_value, fallback))
                     except AudioLoadError as e:
                         if strict:
                             raise
-                        problem = ClipProblem(e.source, e.reason)
-                scan.labels.append(label)
-                scan.readable.append(info is not None)
-                scan.durations.append(info.duration_seconds if info else 0.0)
-                scan.rates.append(info.sampling_rate if info else 0)
-                scan.channels.append(info.channels if info else 0)
-                if problem:
-                    scan.problems.append(problem)
+                        scan.problems.append(ClipProblem(e.source, e.reason))
+                    else:
+                        scan.readable[row] = True
+                        scan.durations[row] = info.duration_seconds
+                        scan.rates[row] = info.sampling_rate
+                        scan.channels[row] = info.channels
                 bar.update(1)
             scans[name] = scan
-    return scans
+    return scans, names
 
 
 def _iter_rows(ds: datasets.Dataset) -> Iterator[tuple[dict | None, Any]]:
@@ -613,25 +824,32 @@ def _clip_source(value: Any, fallback_name: str) -> tuple[AudioSource, str]:
     raise AudioLoadError(fallback_name, "no audio: neither a path nor bytes")
 
 
-def _checked_labels(source: _Source, scans: dict[str, _Scan]) -> list[str]:
+def _checked_labels(source: _Source, scans: dict[str, _Scan], names: list[str]) -> list[str]:
     """Sorted label names, after checking there are at least two and each kept at least one clip."""
-    seen = {label for scan in scans.values() for label in scan.labels if label is not None}
-    labels = _sort_labels(set(source.declared_labels) | seen)
-    kept = Counter(label for scan in scans.values() for label, ok in zip(scan.labels, scan.readable) if ok)
-    n_rows = sum(len(scan.labels) for scan in scans.values())
+    labels = _sort_labels(set(source.declared_labels) | set(names))
+    kept = dict(zip(names, _kept_per_code(scans, len(names))))
+    n_rows = sum(len(scan.readable) for scan in scans.values())
     problems = [p for scan in scans.values() for p in scan.problems]
-    if not kept:
+    if not any(kept.values()):
         first = f"; the first: {problems[0].path}: {problems[0].reason}" if problems else ""
         raise DataError(f"none of the {n_rows} clips in {source.where} could be used{first}")
     if len(labels) < 2:
         raise DataError(f"{source.where} has a single label ({labels[0]!r}); a classifier needs at least two")
-    empty = [label for label in labels if kept[label] == 0]
+    empty = [label for label in labels if kept.get(label, 0) == 0]
     if empty:
         raise DataError(
             f"label {', '.join(map(repr, empty))} of {source.where} has no usable clips"
             f" ({len(problems)} clip(s) were unreadable or unlabelled; `audioclf data inspect` lists them)"
         )
     return labels
+
+
+def _kept_per_code(scans: dict[str, _Scan], n_codes: int) -> list[int]:
+    """Readable clips per label code, over all splits."""
+    counts = np.zeros(n_codes, dtype=np.int64)
+    for scan in scans.values():
+        counts += np.bincount(scan.label_codes[scan.readable], minlength=n_codes)
+    return [int(n) for n in counts]
 
 
 def _sort_labels(labels: set[str]) -> list[str]:
@@ -641,19 +859,21 @@ def _sort_labels(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
-def _finish(ds: datasets.Dataset, scan: _Scan, labels: list[str]) -> datasets.Dataset:
-    """Replace the raw label by its index, add what scanning found, drop unreadable rows."""
+def _finish(ds: datasets.Dataset, scan: _Scan, labels: list[str], names: list[str]) -> datasets.Dataset:
+    """Replace the raw label by its index in `labels`, add what scanning found, drop unreadable rows."""
     label2id = {label: i for i, label in enumerate(labels)}
+    id_of_code = np.array([label2id[name] for name in names], dtype=np.int64)
+    ids = np.full(len(scan.readable), -1, dtype=np.int64)
+    ids[scan.readable] = id_of_code[scan.label_codes[scan.readable]]
     extras = [c for c in ds.column_names if c not in ("audio", "label")]
     ds = ds.remove_columns("label")
-    ids = [label2id[label] if ok else -1 for label, ok in zip(scan.labels, scan.readable)]
     ds = ds.add_column("label", ids, feature=datasets.ClassLabel(names=labels))
     ds = ds.add_column("duration_seconds", scan.durations, feature=datasets.Value("float64"))
     ds = ds.add_column("sampling_rate", scan.rates, feature=datasets.Value("int64"))
     ds = ds.add_column("channels", scan.channels, feature=datasets.Value("int64"))
     ds = ds.select_columns(["audio", "label", *SCAN_COLUMNS, *extras])
-    if not all(scan.readable):
-        ds = ds.select(np.flatnonzero(scan.readable))
+    if not scan.readable.all():
+        ds = ds.select(np.flatnonzero(scan.readable), keep_in_memory=True)  # the row numbers, not the rows
     return ds
 
 
@@ -680,8 +900,32 @@ def _label_namer(ds: datasets.Dataset) -> Callable[[Any], str]:
     return str
 
 
+def _arrow_column(ds: datasets.Dataset, column: str) -> pa.ChunkedArray:
+    """One column as Arrow, in the dataset's row order (after any `select`)."""
+    if not hasattr(ds, "_indices"):
+        return ds.with_format("arrow")[column]
+    # datasets gathers selected rows one Python slice per row (seconds and one chunk per row for 1M rows); Arrow's
+    # take on the row numbers does it at once
+    values = ds.data.column(column)
+    return values if ds._indices is None else values.take(ds._indices.column(0))
+
+
+def _group_codes(ds: datasets.Dataset, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted names of the groups (each value as text; None is "None") and each row's index into them."""
+    values = _arrow_column(ds, column)
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        # Arrow's own dictionary: one Python string per group, not per row
+        encoded = pc.dictionary_encode(pc.fill_null(values, "None")).combine_chunks()
+        found = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+        order = np.argsort(found, kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        return found[order], rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    return np.unique(np.asarray([str(g) for g in values.to_pylist()], dtype=object), return_inverse=True)
+
+
 def _stratified_test_rows(labels: np.ndarray, test_size: float, rng: np.random.Generator, name: Callable) -> np.ndarray:
-    test = []
+    test = [np.zeros(0, dtype=np.int64)]
     for label in np.unique(labels):
         rows = rng.permutation(np.flatnonzero(labels == label))
         if len(rows) < 2:
@@ -689,18 +933,18 @@ def _stratified_test_rows(labels: np.ndarray, test_size: float, rng: np.random.G
                 f"label {name(label)!r} has {len(rows)} clip; it needs at least 2 to be in both the train and test split"
             )
         n_test = min(max(int(round(test_size * len(rows))), 1), len(rows) - 1)
-        test.extend(rows[:n_test])
-    return np.sort(np.asarray(test, dtype=np.int64))
+        test.append(rows[:n_test])
+    return np.sort(np.concatenate(test).astype(np.int64))
 
 
 GROUP_SPLIT_ATTEMPTS = 64  # seeded random group orders tried; the one closest to test_size wins
 
 
 def _grouped_test_rows(
-    labels: np.ndarray, groups: list[str], test_size: float, rng: np.random.Generator, name: Callable, group_column: str
+    labels: np.ndarray, group_names: np.ndarray, group_of_row: np.ndarray, test_size: float, rng: np.random.Generator,
+    name: Callable, group_column: str,
 ) -> np.ndarray:
     """Choose whole groups for the test side so that both sides hold every label and the size is near test_size."""
-    group_names, group_of_row = np.unique(np.asarray(groups, dtype=object), return_inverse=True)
     label_values, label_of_row = np.unique(labels, return_inverse=True)
     # counts[g, l]: clips of label l in group g
     counts = np.zeros((len(group_names), len(label_values)), dtype=np.int64)
