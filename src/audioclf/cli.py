@@ -183,11 +183,12 @@ def backbone_install(
 
 # --- train --------------------------------------------------------------------------------------
 
-_NOT_OPTIONS = ("config", "output", "overwrite", "resume", "push_to_hub", "hub_model_id", "quiet")
+_NOT_OPTIONS = ("ctx", "config", "output", "overwrite", "resume", "push_to_hub", "hub_model_id", "quiet")
 
 
 @app.command("train")
 def train_command(
+    ctx: typer.Context,
     data: str | None = typer.Option(None, "--data", help=_d("data")),
     model: str | None = typer.Option(None, "--model", help=_m("model")),
     model_config: str | None = typer.Option(None, "--model-config", help=_m("model_config")),
@@ -224,6 +225,7 @@ def train_command(
     validation_size: float | None = typer.Option(None, "--validation-size", help=_t("validation_size")),
     seed: int | None = typer.Option(None, "--seed", help="Random seed for the split, the head, crops and data order."),
     threads: int | None = typer.Option(None, "--threads", help=_t("threads")),
+    nproc: int | None = typer.Option(None, "--nproc", help=_t("nproc")),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --output if it exists (only once training has succeeded)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint in OUTPUT.partial/."),
     push_to_hub: bool = typer.Option(False, "--push-to-hub", help="Also upload the model to the Hugging Face Hub (needs network and a login)."),
@@ -235,7 +237,7 @@ def train_command(
     # first, while the only locals are the parameters (the imports below would join them)
     flags = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS and v is not None}
     from audioclf.config import read_config_file, resolve_run
-    from audioclf.train import train
+    from audioclf.train import check_run, launch, leave_processes, train, under_launcher
 
     values = read_config_file(config) if config else {}
     file_output = values.pop("output", None)
@@ -243,12 +245,38 @@ def train_command(
     if output is None:
         raise ConfigError("--output is required: the directory to write the trained model to")
     run = resolve_run({**values, **flags})
-    result = train(run.data, run.model, run.train, output, overwrite=overwrite, resume=resume,
-                   push_to_hub=push_to_hub, hub_model_id=hub_model_id, progress=not quiet, echo=typer.echo)
+    if run.train.nproc > 1 and not under_launcher():
+        check_run(output, run.model, overwrite=overwrite, resume=resume, push_to_hub=push_to_hub)  # one message, not N
+        raise typer.Exit(launch(["train", *_given_arguments(ctx, drop="nproc")], run.train.nproc, run.train.threads))
+    try:
+        result = train(run.data, run.model, run.train, output, overwrite=overwrite, resume=resume,
+                       push_to_hub=push_to_hub, hub_model_id=hub_model_id, progress=not quiet, echo=typer.echo)
+    finally:
+        leave_processes()
+    if not result.main_process:
+        return
     for split in ("validation", "test"):
         if split in result.metrics:
             typer.echo(f"{split}: accuracy {result.metrics[split]['accuracy']:.4f}, loss {result.metrics[split]['loss']:.4f}")
     typer.echo(f"model saved to {result.output} ({result.metrics['train_seconds']:.0f} s)")
+
+
+def _given_arguments(ctx: typer.Context, drop: str) -> list[str]:
+    """The command's options as given on its command line, as arguments again, less the one named `drop`."""
+    arguments: list[str] = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.name == drop or source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False):
+            if param.secondary_opts:
+                arguments.append(param.opts[0] if value else param.secondary_opts[0])
+            elif value:
+                arguments.append(param.opts[0])
+        else:
+            arguments += [param.opts[0], str(value)]
+    return arguments
 
 
 # --- evaluate -----------------------------------------------------------------------------------

@@ -103,7 +103,10 @@ class TrainOptions:
         default=0.1, metadata={"help": "Share of training clips held out for early stopping (0: evaluate on the test split, as the guide does)."}
     )
     seed: int = field(default=42, metadata={"help": "Random seed for the model head, crops, splits and data order."})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch (default: torch's choice)."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch, per process (default: torch's choice; with --nproc on a CPU, the cores shared out between the processes)."})
+    nproc: int = field(
+        default=1, metadata={"help": "Train in this many processes on this machine (one per GPU, or CPU cores shared out), launched with torch.distributed.run; batch size is per process. Under torchrun or accelerate launch, leave it out."}
+    )
 
 
 # The guide's recipe, value for value, so its result can be reproduced (and seen to learn almost nothing).
@@ -135,6 +138,8 @@ def resolve_options(preset: str, overrides: dict) -> TrainOptions:
         raise ConfigError(f"--max-seconds {options.max_seconds}: must be positive")
     if not 0 <= options.speed_perturbation < 0.5:
         raise ConfigError(f"--speed-perturbation {options.speed_perturbation}: must be in [0, 0.5)")
+    if options.nproc < 1:
+        raise ConfigError(f"--nproc {options.nproc}: must be 1 or more (processes on this machine)")
     if options.freeze_layers < 0:
         raise ConfigError(f"--freeze-layers {options.freeze_layers}: must be 0 or more")
     if not 0 <= options.warmup_ratio < 1:

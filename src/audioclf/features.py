@@ -6,6 +6,7 @@ collator runs the model's own feature extractor on the batch. Nothing holds the 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -46,8 +47,10 @@ def change_speed(samples: np.ndarray, factor: float) -> np.ndarray:
 class ClipTransform:
     """A `Dataset.set_transform` callable: decodes each row's audio, resamples, crops to the window.
 
-    Returns columns `samples` (float32 arrays) and `label`. The random crop draws from a seeded generator,
-    so a run with the same seed sees the same crops, and each epoch sees different ones.
+    Returns columns `samples` (float32 arrays) and `label`. A random crop and speed are drawn from a generator
+    seeded by (seed, epoch, clip), so a run with the same seed sees the same crops, each epoch sees different ones,
+    and a clip gets the same crop whichever process decodes it and in whatever order: one process with batches of
+    8 and two with batches of 4 train on the same samples. The trainer sets `epoch` as each epoch begins.
     """
 
     def __init__(self, decode: Callable[[dict, int], np.ndarray], sampling_rate: int, window_seconds: float | None,
@@ -57,16 +60,30 @@ class ClipTransform:
         self.sampling_rate = sampling_rate
         self.length = None if window_seconds is None else window_samples(window_seconds, sampling_rate)
         self.how = how
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.epoch = 0
 
     def __call__(self, batch: dict) -> dict:
+        random = self.speed_perturbation or self.how == "random"
         clips = []
         for audio in batch["audio"]:
             samples = self.decode(audio, self.sampling_rate)
+            rng = np.random.default_rng([self.seed, self.epoch, clip_key(audio)]) if random else None
             if self.speed_perturbation:
-                samples = change_speed(samples, self.rng.uniform(1 - self.speed_perturbation, 1 + self.speed_perturbation))
-            clips.append(samples if self.length is None else crop(samples, self.length, self.how, self.rng))
+                samples = change_speed(samples, rng.uniform(1 - self.speed_perturbation, 1 + self.speed_perturbation))
+            clips.append(samples if self.length is None else crop(samples, self.length, self.how, rng))
         return {"samples": clips, "label": batch["label"]}
+
+
+def clip_key(audio) -> int:
+    """A number that names one clip by its audio value (path and bytes), the same in every process."""
+    digest = hashlib.blake2b(digest_size=8)
+    if isinstance(audio, dict):
+        digest.update(str(audio.get("path") or "").encode())
+        digest.update(audio.get("bytes") or b"")
+    else:
+        digest.update(str(audio).encode())
+    return int.from_bytes(digest.digest(), "little")
 
 
 class BatchFeaturizer:

@@ -1,7 +1,8 @@
 """Probe training: the encoder stays frozen, so its per-layer outputs for a clip never change. One pass
 stores, per clip, the mean over time of every hidden layer (cached on disk); then exactly the head that
 transformers' classifiers have with `use_weighted_layer_sum=True` (softmax layer weights, projector,
-classifier) is trained on those numbers, in seconds.
+classifier) is trained on those numbers, in seconds. In a run over several processes, each encodes its share of
+the clips and the main process gathers, caches and trains (see train._layer_means_across).
 
 Exactness: pooling is a mean over all of a clip's frames and the head is linear before it, so
 head(cached means) equals the saved model's logits whenever every clip is encoded alone (wav2vec2 family:
@@ -69,20 +70,18 @@ def layer_means(bundle: ModelBundle, featurizer: BatchFeaturizer, clips_dataset,
     return np.concatenate(rows).astype(np.float32)
 
 
-def cached_layer_means(bundle: ModelBundle, featurizer: BatchFeaturizer, dataset, clips_dataset, window: float,
-                       crop: str, progress: bool = True) -> tuple[np.ndarray, bool]:
-    """layer_means, from the disk cache when this model, window and audio were encoded before.
-    Returns the features and whether they came from the cache."""
-    path = cache_dir() / f"{_fingerprint(bundle, dataset, window, crop)}.npy"
-    if path.is_file():
-        return np.load(path), True
-    features = layer_means(bundle, featurizer, clips_dataset, progress=progress)
+def feature_cache_path(bundle: ModelBundle, dataset, window: float, crop: str) -> Path:
+    """Where layer_means of this model, window, crop and audio are cached (whether or not they are yet)."""
+    return cache_dir() / f"{_fingerprint(bundle, dataset, window, crop)}.npy"
+
+
+def write_features(path: Path, features: np.ndarray) -> None:
+    """Store features in the cache whole or not at all: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
     with open(partial, "wb") as f:
         np.save(f, features)
     os.replace(partial, path)
-    return features, False
 
 
 def head_logits(model, features: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,9 @@
 
 `train()` reads top to bottom in the order of the work: check the output, load the clips, pick the window,
 build the model, set up lazy features, run the Trainer, evaluate, and write the model directory atomically.
+
+It runs the same in one process or in several (torchrun, accelerate launch, `audioclf train --nproc`): every
+process computes its share, the Trainer handles DDP, and only the main process downloads first, prints and writes.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -22,7 +26,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from audioclf.config import DataSpec, ModelOptions, TrainOptions
 from audioclf.data import ClipSet, clip_samples, load_clips, split_dataset
-from audioclf.errors import ConfigError, DataError, ModelError, OutputExistsError
+from audioclf.errors import AudioclfError, ConfigError, DataError, ModelError, OutputExistsError
 from audioclf.features import BatchFeaturizer, ClipTransform, TrainingCollator
 from audioclf.model import (
     ModelBundle,
@@ -44,6 +48,115 @@ WINDOW_PERCENTILE = 90  # the default window covers this share of training clips
 class TrainResult:
     output: Path
     metrics: dict
+    main_process: bool = True  # False in the other processes of a multi-process run, which print nothing
+
+
+class Processes:
+    """The processes one training run is spread over: this one alone, or those a launcher (torchrun, accelerate
+    launch, `audioclf train --nproc`) started, joined into one group by accelerate's PartialState (gloo on CPUs,
+    nccl on GPUs), which the Trainer then uses as it is. Process 0 is the main one."""
+
+    def __init__(self):
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())
+        self.count, self.index, self.is_main = state.num_processes, state.process_index, state.is_main_process
+
+    def wait(self) -> None:
+        """Return once every process has got here."""
+        if self.count > 1 and torch.distributed.get_backend() == "nccl":
+            torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
+        elif self.count > 1:
+            torch.distributed.barrier()
+
+    @contextmanager
+    def main_first(self):
+        """The main process runs the block first (downloads, caches, the checks that fail), then the others, which
+        find the work done. Should the main process fail, the others wait here until the launcher stops them, so
+        the main process's error is the one reported."""
+        if not self.is_main:
+            self.wait()
+        yield
+        if self.is_main:
+            self.wait()
+
+    def shard(self, n_items: int) -> range:
+        """This process's share of n_items, contiguous, the shares in process order."""
+        return range(n_items * self.index // self.count, n_items * (self.index + 1) // self.count)
+
+    def gather(self, value) -> list:
+        """Every process's value, in process order, in every process."""
+        if self.count == 1:
+            return [value]
+        values = [None] * self.count
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    def broadcast(self, value):
+        """The main process's value, in every process."""
+        if self.count == 1:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def leave_processes() -> None:
+    """Close this process's side of a multi-process run before it exits (a gloo group left open can abort the
+    process as the interpreter shuts down, failing a run that has finished)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def under_launcher() -> bool:
+    """Whether this process was started by torchrun or accelerate launch (which set these for every process)."""
+    return "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
+
+
+def launch(arguments: list[str], nproc: int, threads: int | None = None) -> int:
+    """Run `audioclf ARGUMENTS` (a train command) in `nproc` processes on this machine, as `torchrun --standalone`
+    does: one per GPU or, on a CPU, each with `threads` threads (default: its share of the cores). Only the main
+    process writes to the console; the others' output goes to log files, kept only if one of them fails first.
+    Returns the exit status of the main process."""
+    import logging
+    import tempfile
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise ConfigError(f"--nproc {nproc}: this machine has {torch.cuda.device_count()} GPU(s); "
+                          "use one process per GPU")
+    for name in list(logging.root.manager.loggerDict):  # a failed process says why; torchrun would repeat it at length
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    given = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads) if threads else given or str(max(1, cores // nproc))
+    logs = Path(tempfile.mkdtemp(prefix="audioclf-train-"))
+    keep_logs = False
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={logs}",
+                  "--redirects=" + ",".join(f"{index}:3" for index in range(1, nproc)),  # 3: stdout and stderr
+                  "-m", "audioclf", *arguments])
+    except ChildFailedError as e:
+        index, failure = e.get_first_failure()
+        if index != 0:
+            keep_logs = True
+            raise AudioclfError(f"--nproc {nproc}: process {index} failed first (exit status {failure.exitcode}); "
+                                f"its output is under {logs}") from None
+        return max(failure.exitcode, 1)
+    except SignalException as e:  # Ctrl-C: the launcher has stopped the processes; the run can be --resume'd
+        return 128 + int(e.sigval)
+    finally:
+        if given is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = given
+        if not keep_logs:
+            shutil.rmtree(logs, ignore_errors=True)
+    return 0
 
 
 def training_arguments(options: TrainOptions, checkpoint_dir: Path, progress: bool = True,
@@ -168,9 +281,11 @@ def fit_head(bundle: ModelBundle, featurizer: BatchFeaturizer, dataset, seed: in
     """Fit the projector and classifier on the frozen encoder's pooled outputs (a linear probe); returns the
     training accuracy. Fine-tuning from a fitted head keeps the pretrained features from being pulled
     apart by a random one (LP-FT), which is what lets the default preset generalise to unseen speakers."""
-    features = pooled_features(bundle, featurizer, dataset)
     labels = torch.tensor(dataset.with_format(None)["label"], dtype=torch.long)
-    model = bundle.model
+    return _fit_pooled_head(bundle.model, pooled_features(bundle, featurizer, dataset), labels, seed)
+
+
+def _fit_pooled_head(model, features: torch.Tensor, labels: torch.Tensor, seed: int) -> float:
     torch.manual_seed(seed)
     head = [*model.projector.parameters(), *model.classifier.parameters()]
     optimizer = torch.optim.AdamW(head, lr=PROBE_LEARNING_RATE, weight_decay=PROBE_WEIGHT_DECAY)
@@ -205,9 +320,17 @@ def _accuracy(prediction) -> dict:
 
 
 def _weighted_loss(weights: torch.Tensor):
+    """Weighted cross-entropy for the Trainer. Given `num_items_in_batch` (the clips of one update, over every
+    process and accumulation step), it is the weighted sum over this batch divided by that count, as the Trainer
+    expects of a `compute_loss_func`: it neither divides by the accumulation steps nor undoes DDP's averaging of
+    such a loss. The weights average 1 over the training clips, so this is the weighted mean's scale."""
+
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"]
-        return torch.nn.functional.cross_entropy(logits, labels.to(logits.device), weight=weights.to(logits.device))
+        labels, weight = labels.to(logits.device), weights.to(logits.device)
+        if num_items_in_batch is None:
+            return torch.nn.functional.cross_entropy(logits, labels, weight=weight)
+        return torch.nn.functional.cross_entropy(logits, labels, weight=weight, reduction="sum") / num_items_in_batch
 
     return loss
 
@@ -244,96 +367,132 @@ def _install(staging: Path, output: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_run(output: Path, model_opts: ModelOptions, *, overwrite: bool = False, resume: bool = False,
+              push_to_hub: bool = False) -> str | None:
+    """What train() checks before any work: the output, the checkpoint to resume from, the Hub, the model.
+    It only reads, so every process of a run can make the same checks and meet the same error; `audioclf train
+    --nproc` makes them once before launching. Returns the checkpoint to resume from, if resuming."""
+    work, checkpoints = _output_paths(Path(output))
+    if Path(output).exists() and not overwrite:
+        raise OutputExistsError(f"--output {output}: already exists; pass --overwrite to replace it")
+    last_checkpoint = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
+    if resume and last_checkpoint is None:
+        raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoints}")
+    if push_to_hub:
+        _check_hub_reachable()
+    _check_model_options(model_opts)  # a bad model is reported before the data is scanned
+    return last_checkpoint
+
+
 def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, output: Path, *, overwrite: bool = False,
           resume: bool = False, push_to_hub: bool = False, hub_model_id: str | None = None, progress: bool = True,
           echo=print, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Fine-tune a classifier on `data` and write a Hugging Face model directory to `output`.
 
     Work happens in `<output>.partial/` (checkpoints, for --resume); `output` appears only when complete.
+    Started in several processes (torchrun, accelerate launch), each trains on its share of every batch and
+    returns the same result; only the main process prints, shows progress and writes.
     """
     started = time.monotonic()
     transformers.utils.logging.disable_progress_bar()  # per-shard save bars; the Trainer keeps its own
     output = Path(output)
+    processes = Processes()
+    if not processes.is_main:
+        echo, progress = (lambda line: None), False
+    if options.nproc > 1 and processes.count == 1:
+        raise ConfigError(f"--nproc {options.nproc}: train() runs in the processes that call it; start them with "
+                          f"`audioclf train --nproc {options.nproc}`, torchrun or accelerate launch")
     work, checkpoints = _output_paths(output)
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"--output {output}: already exists; pass --overwrite to replace it")
-    last_checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if resume and last_checkpoint is None:
-        raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoints}")
-    if not resume and work.exists():
+    last_checkpoint = check_run(output, model_opts, overwrite=overwrite, resume=resume, push_to_hub=push_to_hub)
+    processes.wait()  # every process has looked at the output before the main one changes anything
+    if processes.is_main and not resume and work.exists():
         shutil.rmtree(work)
-    if push_to_hub:
-        _check_hub_reachable()
-    _check_model_options(model_opts)  # a bad model is reported before the data is scanned
     if options.threads:
         torch.set_num_threads(options.threads)
 
-    clips = load_clips(data, split=True, progress=progress)
-    train_split, eval_split, test_split = _choose_splits(clips, options, data)
+    with processes.main_first():  # a Hub dataset is downloaded and cached once, then read by the others
+        clips = load_clips(data, split=True, progress=progress)
+        train_split, eval_split, test_split = _choose_splits(clips, options, data)
     echo(f"data: {len(clips.labels)} labels; {len(train_split)} training, {len(eval_split)} evaluation"
          + (f", {len(test_split)} test clips" if test_split is not None else " clips"))
 
     if options.mode == "probe" and model_opts.weighted_layer_sum is None:
         model_opts = replace(model_opts, weighted_layer_sum=True)  # the probe trains exactly this head
-    bundle = _prepare_model(model_opts, clips.labels, options.seed)
+    with processes.main_first():  # likewise a Hub checkpoint
+        bundle = _prepare_model(model_opts, clips.labels, options.seed)
     window = choose_window_from(train_split, options.max_seconds, bundle.model_type == "whisper")
     fit_whisper_window(bundle, int(window)) if bundle.model_type == "whisper" else None
     if options.freeze_front_end and model_opts.model:  # a random front end must learn, not stay frozen
         freeze_front_end(bundle.model)
     freeze_lowest_layers(bundle.model, options.freeze_layers)
     echo(f"model: {bundle.model_type}, {sum(p.numel() for p in bundle.model.parameters()):,} parameters, "
-         f"window {window:g} s at {bundle.sampling_rate} Hz, mode {options.mode}")
+         f"window {window:g} s at {bundle.sampling_rate} Hz, mode {options.mode}"
+         + (f", {processes.count} processes" if processes.count > 1 else ""))
     featurizer = BatchFeaturizer(bundle.feature_extractor, bundle.model_type, bundle.uses_attention_mask)
     metrics = {"labels": clips.labels, "window_seconds": window, "problems": [asdict(p) for p in clips.problems]}
     splits = (train_split, eval_split, test_split)
     if options.mode == "probe":
-        metrics.update(_train_probe(bundle, featurizer, splits, window, options, echo, progress))
+        metrics.update(_train_probe(bundle, featurizer, splits, window, options, processes, echo, progress))
         trainer = None
     else:
         trainer, fine_tuned = _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints,
-                                         last_checkpoint if resume else None, push_to_hub, hub_model_id,
-                                         progress, echo, callbacks)
+                                         last_checkpoint, push_to_hub, hub_model_id, processes, progress, echo,
+                                         callbacks)
         metrics.update(fine_tuned)
     metrics["train_seconds"] = round(time.monotonic() - started, 1)
 
-    staging = work / "final"
-    if staging.exists():
-        shutil.rmtree(staging)
-    bundle.save(staging)
-    resolved = {"data": asdict(data), "model": asdict(model_opts), "train": asdict(options), "window_seconds": window,
-                "versions": {"transformers": transformers.__version__, "torch": torch.__version__}}
-    (staging / "train_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (staging / "labels.txt").write_text("".join(label + "\n" for label in clips.labels))
-    if push_to_hub:
-        if trainer is not None:
-            trainer.push_to_hub()
-        else:
-            bundle.model.push_to_hub(hub_model_id or output.name)
-            bundle.feature_extractor.push_to_hub(hub_model_id or output.name)
-    _install(staging, output)
-    shutil.rmtree(work, ignore_errors=True)
-    return TrainResult(output=output, metrics=metrics)
+    if processes.is_main:
+        staging = work / "final"
+        if staging.exists():
+            shutil.rmtree(staging)
+        bundle.save(staging)
+        as_run = replace(options, nproc=processes.count)  # so `--config train_config.json` has the same global batch
+        resolved = {"data": asdict(data), "model": asdict(model_opts), "train": asdict(as_run), "window_seconds": window,
+                    "versions": {"transformers": transformers.__version__, "torch": torch.__version__}}
+        (staging / "train_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (staging / "labels.txt").write_text("".join(label + "\n" for label in clips.labels))
+        if push_to_hub:
+            if trainer is not None:
+                trainer.push_to_hub()  # with plain DDP its save involves no other process
+            else:
+                bundle.model.push_to_hub(hub_model_id or output.name)
+                bundle.feature_extractor.push_to_hub(hub_model_id or output.name)
+        _install(staging, output)
+        shutil.rmtree(work, ignore_errors=True)
+    metrics = processes.broadcast(metrics)  # the others return once the model directory is in place
+    return TrainResult(output=output, metrics=metrics, main_process=processes.is_main)
+
+
+class _AugmentationEpoch(TrainerCallback):
+    """Tells the training clips' transform which epoch begins: their random crops and speeds depend on it."""
+
+    def __init__(self, transform: ClipTransform):
+        self.transform = transform
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.transform.epoch = int(round(state.epoch))
 
 
 def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints, resume_from, push_to_hub,
-               hub_model_id, progress, echo, callbacks):
+               hub_model_id, processes, progress, echo, callbacks):
     """The Trainer run: lazy crops and features, optional probe-fitted head, early stopping on accuracy.
     Returns the trainer (its best model is in bundle.model) and the metrics it measured."""
     train_split, eval_split, test_split = splits
-    train_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed,
-                                            options.speed_perturbation))
+    train_transform = ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed,
+                                    options.speed_perturbation)
+    train_split.set_transform(train_transform)
     eval_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
     if options.probe_init and model_opts.model:  # a random encoder's outputs are not worth probing
         probed = time.monotonic()
-        accuracy = fit_head(bundle, featurizer, train_split.with_transform(
-            ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed)), options.seed)
+        accuracy = _fit_head_across(bundle, featurizer, train_split, ClipTransform(
+            clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed), options.seed, processes)
         echo(f"head: fitted on the frozen encoder's outputs in {time.monotonic() - probed:.0f} s "
              f"(training accuracy {accuracy:.3f})")
 
     args = training_arguments(options, checkpoints, progress, push_to_hub, hub_model_id)
     epoch_line = EpochLine(echo)
-    trainer_callbacks = [epoch_line, *(callbacks or [])]
+    trainer_callbacks = [epoch_line, _AugmentationEpoch(train_transform), *(callbacks or [])]
     if options.early_stopping_patience:
         trainer_callbacks.append(EarlyStoppingCallback(options.early_stopping_patience))
     loss = None
@@ -341,6 +500,9 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
         n_labels = bundle.model.config.num_labels
         counts = np.bincount(np.asarray(train_split.with_format(None)["label"]), minlength=n_labels)
         loss = _weighted_loss(torch.tensor(len(train_split) / (n_labels * np.maximum(counts, 1)), dtype=torch.float32))
+    # The classifiers take **kwargs but return a batch-mean loss that ignores num_items_in_batch; told otherwise,
+    # the Trainer would neither divide it by the accumulation steps nor keep DDP from multiplying it by the processes.
+    bundle.model.accepts_loss_kwargs = False
     trainer = Trainer(
         model=bundle.model, args=args, train_dataset=train_split, eval_dataset=eval_split,
         data_collator=TrainingCollator(featurizer), compute_metrics=_accuracy, callbacks=trainer_callbacks,
@@ -361,20 +523,44 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
     return trainer, metrics
 
 
-def _train_probe(bundle, featurizer, splits, window, options, echo, progress) -> dict:
-    """Probe mode: cache every split's per-layer means once (disk cache), then train only the head."""
-    from audioclf.probe import accuracy_and_loss, cached_layer_means, train_head
+def _fit_head_across(bundle, featurizer, split, transform: ClipTransform, seed: int, processes: Processes) -> float:
+    """fit_head over several processes: each pools its share of the clips, the main process fits the head on all
+    of them and hands it to the others, so every process starts fine-tuning from the same head. Returns the
+    head's training accuracy."""
+    rows = processes.shard(len(split))
+    mine = pooled_features(bundle, featurizer, split.select(rows).with_transform(transform)) if len(rows) else None
+    parts = processes.gather(mine)
+    fitted = None
+    if processes.is_main:
+        features = torch.cat([part for part in parts if part is not None])
+        labels = torch.tensor(split.with_format(None)["label"], dtype=torch.long)
+        accuracy = _fit_pooled_head(bundle.model, features, labels, seed)
+        head = {name: value for name, value in bundle.model.state_dict().items()
+                if name.startswith(("projector", "classifier"))}
+        fitted = (head, accuracy)
+    head, accuracy = processes.broadcast(fitted)
+    bundle.model.load_state_dict(head, strict=False)
+    return accuracy
+
+
+def _train_probe(bundle, featurizer, splits, window, options, processes, echo, progress) -> dict:
+    """Probe mode: cache every split's per-layer means once (disk cache), then train only the head, in the main
+    process (the others only help encode)."""
+    from audioclf.probe import accuracy_and_loss, train_head
 
     features, labels = {}, {}
     for name, split in zip(("train", "validation", "test"), splits):
         if split is None:
             continue
-        clips = split.with_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
+        transform = ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed)
         started = time.monotonic()
-        features[name], cached = cached_layer_means(bundle, featurizer, split, clips, window, options.eval_crop, progress)
+        features[name], cached = _layer_means_across(bundle, featurizer, split, transform, window, options.eval_crop,
+                                                     processes, progress)
         labels[name] = split.with_format(None)["label"]
         echo(f"{name}: layer features of {len(split)} clips " + ("from the cache" if cached else
              f"computed in {time.monotonic() - started:.0f} s"))
+    if not processes.is_main:
+        return {}
     started = time.monotonic()
     fit = train_head(bundle.model, features["train"], labels["train"], features["validation"], labels["validation"],
                      options.seed)
@@ -384,6 +570,28 @@ def _train_probe(bundle, featurizer, splits, window, options, echo, progress) ->
     if "test" in features:
         metrics["test"] = accuracy_and_loss(bundle.model, features["test"], labels["test"])
     return metrics
+
+
+def _layer_means_across(bundle, featurizer, split, transform: ClipTransform, window: float, crop: str,
+                        processes: Processes, progress: bool) -> tuple[np.ndarray | None, bool]:
+    """probe.layer_means of a split, from the main process's disk cache when it has them; else each process
+    encodes its share of the clips and the main process gathers and caches them. Returns the features (in the
+    main process; None in the others) and whether they came from the cache."""
+    from audioclf.probe import feature_cache_path, layer_means, write_features
+
+    path = feature_cache_path(bundle, split, window, crop) if processes.is_main else None
+    if processes.broadcast(path is not None and path.is_file()):
+        return (np.load(path) if processes.is_main else None), True
+    rows = processes.shard(len(split))
+    mine = None
+    if len(rows):
+        mine = layer_means(bundle, featurizer, split.select(rows).with_transform(transform), progress=progress)
+    parts = processes.gather(mine)
+    if not processes.is_main:
+        return None, False
+    features = np.concatenate([part for part in parts if part is not None])
+    write_features(path, features)
+    return features, False
 
 
 def choose_window_from(dataset, requested: float | None, whisper: bool) -> float:
