@@ -95,6 +95,9 @@ class TrainOptions:
     speed_perturbation: float = field(
         default=0.1, metadata={"help": "Randomly speed training clips up or down by up to this fraction (0.1: 0.9x-1.1x), shifting pitch and tempo like another voice would."}
     )
+    spec_augment: float = field(
+        default=0.2, metadata={"help": "SpecAugment for Whisper-type models: hide about this share of each training window's log-mel frames in 0.2 s time masks, plus two bands of mel bins (0: off). The wav2vec2 family use their config's mask_time_prob instead."}
+    )
     probe_init: bool = field(
         default=True, metadata={"help": "Before fine-tuning a pretrained encoder, fit the head on its frozen outputs (linear probe, then fine-tune): faster to learn, better on unseen speakers."}
     )
@@ -113,7 +116,7 @@ class TrainOptions:
 SEED_PRESET = dict(
     max_seconds=1.0, train_crop="start", eval_crop="start", learning_rate=3e-5, head_learning_rate=None,
     batch_size=32, eval_batch_size=32, gradient_accumulation_steps=4, epochs=10, warmup_ratio=0.1,
-    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0, probe_init=False,
+    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0, spec_augment=0.0, probe_init=False,
     class_weights=False, validation_size=0.0,
 )
 PRESETS: dict[str, dict] = {"seed": SEED_PRESET, "default": {}}
@@ -138,6 +141,8 @@ def resolve_options(preset: str, overrides: dict) -> TrainOptions:
         raise ConfigError(f"--max-seconds {options.max_seconds}: must be positive")
     if not 0 <= options.speed_perturbation < 0.5:
         raise ConfigError(f"--speed-perturbation {options.speed_perturbation}: must be in [0, 0.5)")
+    if not 0 <= options.spec_augment < 1:
+        raise ConfigError(f"--spec-augment {options.spec_augment}: must be in [0, 1) (a share of the frames)")
     if options.nproc < 1:
         raise ConfigError(f"--nproc {options.nproc}: must be 1 or more (processes on this machine)")
     if options.freeze_layers < 0:

@@ -16,6 +16,9 @@ import torch
 from audioclf.config import CROPS
 
 SPEED_RATE_HZ = 16_000  # nominal rate for speed changes; only the ratio to round(rate * factor) matters
+TIME_MASK_FRAMES = 20  # SpecAugment time mask: 20 log-mel frames, 0.2 s at Whisper's 100 frames per second
+FREQUENCY_MASKS = 2  # SpecAugment frequency masks per clip, each over FREQUENCY_MASK_BINS mel bins
+FREQUENCY_MASK_BINS = 10  # of Whisper's 80
 
 
 def window_samples(seconds: float, sampling_rate: int) -> int:
@@ -54,9 +57,10 @@ class ClipTransform:
     """
 
     def __init__(self, decode: Callable[[dict, int], np.ndarray], sampling_rate: int, window_seconds: float | None,
-                 how: str, seed: int = 0, speed_perturbation: float = 0.0):
+                 how: str, seed: int = 0, speed_perturbation: float = 0.0, spec_augment: float = 0.0):
         self.decode = decode
         self.speed_perturbation = speed_perturbation
+        self.spec_augment = spec_augment
         self.sampling_rate = sampling_rate
         self.length = None if window_seconds is None else window_samples(window_seconds, sampling_rate)
         self.how = how
@@ -64,15 +68,21 @@ class ClipTransform:
         self.epoch = 0
 
     def __call__(self, batch: dict) -> dict:
-        random = self.speed_perturbation or self.how == "random"
-        clips = []
+        random = self.speed_perturbation or self.how == "random" or self.spec_augment
+        clips, mask_seeds = [], []
         for audio in batch["audio"]:
             samples = self.decode(audio, self.sampling_rate)
             rng = np.random.default_rng([self.seed, self.epoch, clip_key(audio)]) if random else None
             if self.speed_perturbation:
                 samples = change_speed(samples, rng.uniform(1 - self.speed_perturbation, 1 + self.speed_perturbation))
             clips.append(samples if self.length is None else crop(samples, self.length, self.how, rng))
-        return {"samples": clips, "label": batch["label"]}
+            if self.spec_augment:
+                mask_seeds.append(int(rng.integers(2**63)))
+        out = {"samples": clips, "label": batch["label"]}
+        if self.spec_augment:  # the collator masks the features of rows that carry a seed (training rows only)
+            out["mask_share"] = [self.spec_augment] * len(clips)
+            out["mask_seed"] = mask_seeds
+        return out
 
 
 def clip_key(audio) -> int:
@@ -112,8 +122,29 @@ class BatchFeaturizer:
         return {key: value for key, value in inputs.items() if key != "attention_mask" or self.uses_attention_mask}
 
 
+def spec_augment(features: torch.Tensor, time_share: float, rng: np.random.Generator) -> torch.Tensor:
+    """SpecAugment on one clip's log-mel features (mel bins, frames): zero time masks of TIME_MASK_FRAMES frames
+    covering about `time_share` of the frames (overlaps allowed), and FREQUENCY_MASKS bands of FREQUENCY_MASK_BINS
+    mel bins. Returns a masked copy."""
+    masked = features.clone()
+    bins, frames = masked.shape
+    for _ in range(int(round(time_share * frames / TIME_MASK_FRAMES))):
+        start = int(rng.integers(0, max(1, frames - TIME_MASK_FRAMES + 1)))
+        masked[:, start : start + TIME_MASK_FRAMES] = 0.0
+    for _ in range(FREQUENCY_MASKS):
+        start = int(rng.integers(0, max(1, bins - FREQUENCY_MASK_BINS + 1)))
+        masked[start : start + FREQUENCY_MASK_BINS, :] = 0.0
+    return masked
+
+
 class TrainingCollator:
-    """The Trainer's data collator: model inputs for the clips plus their `labels`."""
+    """The Trainer's data collator: model inputs for the clips plus their `labels`.
+
+    Rows from a training transform with `spec_augment` carry a mask seed; their log-mel features (Whisper) are
+    masked with SpecAugment, drawn from that seed, so a clip gets the same masks whichever process collates it.
+    Evaluation rows carry none and are left as they are. Models fed raw samples (the wav2vec2 family) mask
+    their own hidden states while training (`mask_time_prob` in their config), so nothing is done for them here.
+    """
 
     def __init__(self, featurizer: BatchFeaturizer):
         self.featurizer = featurizer
@@ -121,4 +152,9 @@ class TrainingCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.featurizer([row["samples"] for row in rows])
         batch["labels"] = torch.tensor([row["label"] for row in rows], dtype=torch.long)
+        if "input_features" in batch and rows and rows[0].get("mask_seed") is not None:
+            batch["input_features"] = torch.stack([
+                spec_augment(features, row["mask_share"], np.random.default_rng(row["mask_seed"]))
+                for features, row in zip(batch["input_features"], rows)
+            ])
         return batch

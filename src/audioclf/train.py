@@ -480,7 +480,8 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
     Returns the trainer (its best model is in bundle.model) and the metrics it measured."""
     train_split, eval_split, test_split = splits
     train_transform = ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed,
-                                    options.speed_perturbation)
+                                    options.speed_perturbation,
+                                    options.spec_augment if bundle.model_type == "whisper" else 0.0)
     train_split.set_transform(train_transform)
     eval_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
     if options.probe_init and model_opts.model:  # a random encoder's outputs are not worth probing
