@@ -7,7 +7,7 @@ same shape: the same 14 intent labels, 8 kHz mono 16-bit FLAC clips, a few secon
 many speakers, several phrasings per intent.
 
 How a clip is made:
-  1. espeak-ng speaks one phrasing of the intent with one of 64 voices (an English
+  1. espeak-ng speaks one phrasing of the intent with one of 128 voices (an English
      accent plus a voice variant, each with its own base rate and pitch); every clip
      jitters the rate (-s) and the pitch (-p) a little around the voice's base.
   2. espeak-ng's 22050 Hz output is trimmed of its own edge silence and resampled to
@@ -16,30 +16,35 @@ How a clip is made:
      light white or pink noise is added at a random SNR of 20-35 dB, so no clip is
      digitally clean and loudness differs between clips as it does between callers.
 
-Counts: 64 voices x 7 clips = 448 clips (MInDS-14 en-US has 563). Like MInDS-14's callers, each
-voice says only a few things: one clip for each of 7 of the 14 intents. The package budget is
-15 MB; 448 clips with short silences and phone-like (quiet) levels come to about 13.6 MB.
-Many voices with few clips each, rather than few voices with many clips: a classifier has to
-generalise to callers it has not heard, and that depends more on how many distinct voices it
-trained on than on how many clips each voice contributed. (Earlier versions had 8 voices x 4
-clips per intent, then 16 voices x 2 clips per intent; models trained on 12 of the 16 reached
-only ~0.6-0.8 accuracy on the 4 held out.)
+Counts: 128 voices x 7 clips = 896 clips (MInDS-14 en-US has 563). Like MInDS-14's callers, each
+voice says only a few things: one clip for each of 7 of the 14 intents. Many voices with few clips each,
+rather than few voices with many clips: a classifier has to generalise to callers it has not heard, and
+that depends on how many distinct voices it trained on. Measured with audioclf's default recipe and the
+Whisper tiny.en encoder on voice-disjoint test splits: 8 voices x 4 clips per intent, then 16 voices x 2,
+reached ~0.6-0.8 on the held-out voices; 64 voices x 7 clips, 0.78-0.82 on 16 unseen voices; 128 voices,
+0.96-0.98 on 32 unseen voices.
+
+Size: the package budget is 15 MB. Phone-band speech with light noise costs FLAC about 12 bits a sample
+at 16-bit precision (896 clips: 27.7 MB), so every clip is rounded to SIGNIFICANT_BITS = 10 bits before
+it is written as 16-bit FLAC: the low 6 bits are zero, FLAC stores such "wasted bits" for free, and the
+896 clips come to about 12 MB. The rounding noise lies 31-41 dB below the speech, below the added
+background noise (SNR 20-35 dB), like the coarse quantisation of a phone line.
 
 The voice design (see design_voices()):
-  - 8 English accents x 8 voices each; within each accent 4 female- and 4 male-sounding voices.
+  - 8 English accents x 16 voices each; within each accent 8 female- and 8 male-sounding voices.
   - Variants: 12 female-sounding (f1-f5, linda, belinda, Andrea, steph, aunty, Alicia, anika)
-    and 12 male-sounding (m1-m8, klatt, klatt2, klatt3, klatt4); an accent's 4 female (4 male)
-    voices have 4 different variants, and every variant is used by 2 or 3 accents, so all 64
+    and 12 male-sounding (m1-m8, klatt, klatt2, klatt3, klatt4); an accent's 8 female (8 male)
+    voices have 8 different variants, and every variant is used by 5 or 6 accents, so all 128
     (accent, variant) pairs are different. Whisper- and croak-like variants (hardly voiced),
     novelty variants and MBROLA voices are left out.
   - Base rates (135-185 wpm) and base pitches (28-72 on espeak's 0-99 scale) are spread evenly
     over each sex's 32 voices in seeded random order.
-  - Intents: the 4 voices of one accent and sex say the intent sets S, not-S, T, not-T (S and T
-    random 7-of-14 sets), so every intent is said exactly twice per (accent, sex), i.e. by 32
-    different voices (16 female, 16 male, 4 per accent). Voices come in 8 rounds of 8 (v01-v08,
-    v09-v16, ...): each round has every accent once, 4 female and 4 male, and the accents
-    alternate sex from round to round; v01-v32 and v33-v64 each have every intent 16 times.
-  - Each intent's 12 phrasings are spread over its 32 clips as evenly as possible (2 or 3 each).
+  - Intents: the 8 voices of one accent and sex say 4 complementary pairs of intent sets S, not-S, T,
+    not-T, U, not-U, W, not-W (random 7-of-14 sets, no set twice), so every intent is said exactly 4 times
+    per (accent, sex), i.e. by 64 different voices (32 female, 32 male, 8 per accent). Voices come in
+    16 rounds of 8 (v001-v008, v009-v016, ...): each round has every accent once, 4 female and 4 male, and
+    the accents alternate sex from round to round; v001-v064 and v065-v128 each have every intent 32 times.
+  - Each intent's 12 phrasings are spread over its 64 clips as evenly as possible (5 or 6 each).
 
 Everything random comes from numpy generators seeded with SEED and the voice and intent
 indices, and espeak-ng is deterministic, so a rerun reproduces the same dataset.
@@ -76,8 +81,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT_DIR = REPO_ROOT / "src" / "audioclf" / "demo_data" / "minds14_synth"
 
 SEED = 20240614  # fixed: changing it changes every clip
-VOICES_PER_ACCENT_AND_SEX = 4  # x 8 accents x 2 sexes = 64 voices
-INTENTS_PER_VOICE = 7  # one clip each: 64 x 7 = 448 clips, about 13.6 MB of the 15 MB budget
+VOICES_PER_ACCENT_AND_SEX = 8  # x 8 accents x 2 sexes = 128 voices
+INTENTS_PER_VOICE = 7  # one clip each: 128 x 7 = 896 clips, about 12 MB of the 15 MB budget
+SIGNIFICANT_BITS = 10  # clips are rounded to this many bits (of 16) so that FLAC stores them in half the space
 BASE_RATE_WPM = (135, 185)  # voices' base rates are spread evenly over this range
 BASE_PITCH = (28, 72)  # voices' base pitches (espeak-ng -p, 0-99) are spread evenly over this range
 
@@ -365,11 +371,11 @@ def pick_least_used(rng: np.random.Generator, times_used: np.ndarray, count: int
 
 
 def design_voices() -> list[Voice]:
-    """The 64 voices: accent, variant, base rate and pitch, and which 7 intents each says (seeded).
+    """The 128 voices: accent, variant, base rate and pitch, and which 7 intents each says (seeded).
 
     Voice n (0-63) is in round n // 8 and has accent n % 8, so every round of 8 has each accent once;
     it is female when accent index + round is even, so each round has 4 female and 4 male voices and an
-    accent alternates sex from round to round. An (accent, sex) group is thus 4 voices in alternate rounds.
+    accent alternates sex from round to round. An (accent, sex) group is thus 8 voices in alternate rounds.
     """
     rng = np.random.default_rng([SEED, 64])  # the voice design's own stream, apart from the clips'
     accents = list(ACCENTS)
@@ -384,15 +390,15 @@ def design_voices() -> list[Voice]:
         for sex in SEXES:
             picked = pick_least_used(rng, variant_uses[sex], VOICES_PER_ACCENT_AND_SEX)
             variants[accent, sex] = [pools[sex][index] for index in picked]
-            # Intent sets S, not-S, T, not-T: every intent exactly twice within the group.
-            first = set(rng.permutation(len(INTENTS))[:INTENTS_PER_VOICE].tolist())
-            while True:  # T must be neither S nor not-S, or two of the group's voices would say the same set
-                second = set(rng.permutation(len(INTENTS))[:INTENTS_PER_VOICE].tolist())
-                if len(second & first) not in (0, INTENTS_PER_VOICE):
-                    break
+            # Complementary pairs of intent sets (S, not-S, T, not-T, ...): every intent equally often in the group.
             every = set(range(len(INTENTS)))
-            intent_sets[accent, sex] = [first, every - first, second, every - second]
-    # Base rates and pitches: evenly spread over each sex's 32 voices, in random order (independently).
+            sets: list[set[int]] = []
+            while len(sets) < VOICES_PER_ACCENT_AND_SEX:
+                chosen = set(rng.permutation(len(INTENTS))[:INTENTS_PER_VOICE].tolist())
+                if chosen not in sets and every - chosen not in sets:  # no two voices of the group say one set
+                    sets += [chosen, every - chosen]
+            intent_sets[accent, sex] = sets
+    # Base rates and pitches: evenly spread over each sex's 64 voices, in random order (independently).
     per_sex = voice_count // len(SEXES)
     rates = {sex: rng.permutation(np.round(np.linspace(*BASE_RATE_WPM, per_sex)).astype(int)) for sex in SEXES}
     pitches = {sex: rng.permutation(np.round(np.linspace(*BASE_PITCH, per_sex)).astype(int)) for sex in SEXES}
@@ -410,7 +416,7 @@ def design_voices() -> list[Voice]:
         sex_count[sex] += 1
         voices.append(
             Voice(
-                voice_id=f"v{number + 1:02d}",
+                voice_id=f"v{number + 1:03d}",
                 accent=accent,
                 variant=variants[accent, sex][group_slot],
                 base_rate_wpm=int(rates[sex][sex_slot]),
@@ -425,8 +431,8 @@ def design_voices() -> list[Voice]:
 def check_design(voices: list[Voice]) -> None:
     """Fail unless the voice design has the counts the README promises."""
     ids = [voice.voice_id for voice in voices]
-    if ids != [f"v{number:02d}" for number in range(1, len(voices) + 1)]:
-        raise ValueError("voice ids are not v01, v02, ... in order")
+    if ids != [f"v{number:03d}" for number in range(1, len(voices) + 1)]:
+        raise ValueError("voice ids are not v001, v002, ... in order")
     if len({(voice.accent, voice.variant) for voice in voices}) != len(voices):
         raise ValueError("two voices share an accent and a variant")
     for accent in ACCENTS:
@@ -460,11 +466,11 @@ def speak(text: str, espeak_voice: str, rate_wpm: int, pitch: int) -> np.ndarray
 
 
 def check_voices() -> None:
-    """Fail if espeak-ng would not speak the 64 voices as 64 different voices.
+    """Fail if espeak-ng would not speak the 128 voices as 128 different voices.
 
     espeak-ng falls back silently: an unknown variant, or any variant after "en-gb", is dropped,
     and an unknown language voice is replaced by a default. So speak one test sentence with each
-    accent alone (8 calls) and with each full voice at one fixed rate and pitch (64 calls), and
+    accent alone (8 calls) and with each full voice at one fixed rate and pitch (128 calls), and
     require every accent, and every voice, to sound different; a voice that sounds like its bare
     accent has lost its variant. Comparison is by hashing the samples, so it is linear, not pairwise.
     """
@@ -533,7 +539,8 @@ def render_clip(rng: np.random.Generator, voice: Voice, text: str) -> np.ndarray
     peak = np.max(np.abs(clip))
     if peak > PEAK_CEILING:
         clip = clip * (PEAK_CEILING / peak)
-    return clip
+    steps = 2 ** (SIGNIFICANT_BITS - 1)  # per unit of amplitude: 16-bit samples become multiples of 2**(16 - bits)
+    return np.round(clip * steps) / steps
 
 
 def readme_text(clip_count: int, espeak_version: str) -> str:
@@ -548,20 +555,21 @@ def readme_text(clip_count: int, espeak_version: str) -> str:
 
 Spoken e-banking requests for the 14 intents of [MInDS-14](https://huggingface.co/datasets/PolyAI/minds14)
 (PolyAI), synthesised with espeak-ng so that audioclf can ship a small demo dataset of its own.
-It has MInDS-14's shape, not its content: same labels, 8 kHz mono 16-bit FLAC, a few seconds per clip,
+It has MInDS-14's shape, not its content: same labels, 8 kHz mono FLAC, a few seconds per clip,
 many speakers with a few clips each, several phrasings per intent; but the speakers are a speech
 synthesiser, not real callers.
 
 ## Contents
 
-- `manifest.csv`: columns `path` (relative to this folder), `label` (intent), `voice` (v01-v{len(VOICES):02d}), `text` (what is said); sorted by path.
-- `clips/<voice>/<intent>.flac`: 8000 Hz, mono, FLAC 16-bit.
+- `manifest.csv`: columns `path` (relative to this folder), `label` (intent), `voice` (v001-v{len(VOICES):03d}), `text` (what is said); sorted by path.
+- `clips/<voice>/<intent>.flac`: 8000 Hz, mono, FLAC 16-bit, rounded to {SIGNIFICANT_BITS} significant bits
+  (the low {16 - SIGNIFICANT_BITS} bits are zero, which FLAC stores for free; the rounding noise is below the added noise).
 - {clip_count} clips = {len(VOICES)} voices x {INTENTS_PER_VOICE} clips (MInDS-14 en-US has 563). Each voice says
   {INTENTS_PER_VOICE} of the {len(INTENTS)} intents, once each; each intent has {voices_per_intent} clips, from {voices_per_intent} different voices.
   Many voices with few clips each, like MInDS-14's callers, because a classifier's accuracy on unseen
   speakers depends more on how many distinct voices it trained on than on how many clips each gave
   (the package keeps its demo data under 15 MB).
-- {phrasing_count} hand-written phrasings per intent; each is used 2 or 3 times across the intent's {voices_per_intent} clips.
+- {phrasing_count} hand-written phrasings per intent; each is used {voices_per_intent // phrasing_count} or {-(-voices_per_intent // phrasing_count)} times across the intent's {voices_per_intent} clips.
 
 Intents: {", ".join(INTENTS)}.
 
@@ -573,14 +581,14 @@ and pitch (`-p`, 0-99). Every clip jitters the rate by up to +-{RATE_JITTER_FRAC
 - {len(ACCENTS)} accents x {2 * VOICES_PER_ACCENT_AND_SEX} voices: each accent has {VOICES_PER_ACCENT_AND_SEX} female- and {VOICES_PER_ACCENT_AND_SEX} male-sounding voices.
 - Variants: {len(FEMALE_VARIANTS)} female-sounding ({", ".join(FEMALE_VARIANTS)}) and
   {len(MALE_VARIANTS)} male-sounding ({", ".join(MALE_VARIANTS)}). Within an accent no variant repeats,
-  and each variant is used with 2 or 3 accents, so no two voices share both accent and variant.
+  and each variant is used with 5 or 6 accents, so no two voices share both accent and variant.
   Whisper- and croak-like variants, novelty variants and the MBROLA voices are not used.
 - Base rates {BASE_RATE_WPM[0]}-{BASE_RATE_WPM[1]} wpm and base pitches {BASE_PITCH[0]}-{BASE_PITCH[1]}, each spread evenly over
   each sex's voices in random (seeded) order.
-- Intents: the 4 voices of one accent and sex say 7 intents S, the other 7, 7 intents T, and the other 7
-  (S and T random), so every intent is said by 2 voices of each accent and sex.
-- v01-v08, v09-v16, ...: each block of 8 has every accent once, 4 female and 4 male voices, and an accent
-  alternates sex from block to block. v01-v32 and v33-v64 each say every intent 16 times.
+- Intents: the {VOICES_PER_ACCENT_AND_SEX} voices of one accent and sex say {VOICES_PER_ACCENT_AND_SEX // 2} complementary pairs of intent sets (7 random intents
+  and the other 7; no set twice), so every intent is said by {VOICES_PER_ACCENT_AND_SEX // 2} voices of each accent and sex.
+- v001-v008, v009-v016, ...: each block of 8 has every accent once, 4 female and 4 male voices, and an accent
+  alternates sex from block to block. v001-v064 and v065-v128 each say every intent {voices_per_intent // 2} times.
 
 | voice | espeak-ng `-v` | accent | sounds | base rate (wpm) | base pitch | intents |
 |---|---|---|---|---|---|---|

@@ -32,13 +32,14 @@ INTENTS = [
     "latest_transactions",
     "pay_bill",
 ]
-VOICE_COUNT = 64
+VOICE_COUNT = 128
 CLIPS_PER_VOICE = 7  # one clip each for 7 different labels
-CLIP_COUNT = VOICE_COUNT * CLIPS_PER_VOICE  # 448
-CLIPS_PER_LABEL = CLIP_COUNT // len(INTENTS)  # 32, each from a different voice
+CLIP_COUNT = VOICE_COUNT * CLIPS_PER_VOICE  # 896
+CLIPS_PER_LABEL = CLIP_COUNT // len(INTENTS)  # 64, each from a different voice
 MIN_TEXTS_PER_LABEL = 10
 DECODE_SAMPLE_SIZE = 20
 SAMPLING_RATE_HZ = 8_000
+SIGNIFICANT_BITS = 10  # 16-bit samples rounded to multiples of 2**6: how 896 clips fit the budget
 MIN_DURATION_SECONDS = 0.5
 MAX_DURATION_SECONDS = 8.0
 MAX_FOLDER_BYTES = 15_000_000  # the package's budget for bundled demo data
@@ -75,8 +76,8 @@ def test_each_label_has_varied_phrasings(rows):
 
 
 def test_voice_ids_are_zero_padded_and_complete(rows):
-    # Zero-padded ids (v01, v02, ...), so that they sort in numeric order.
-    assert sorted({row["voice"] for row in rows}) == [f"v{number:02d}" for number in range(1, VOICE_COUNT + 1)]
+    # Zero-padded ids (v001, v002, ...), so that they sort in numeric order.
+    assert sorted({row["voice"] for row in rows}) == [f"v{number:03d}" for number in range(1, VOICE_COUNT + 1)]
 
 
 def test_each_voice_says_7_distinct_labels_once_each(rows):
@@ -88,7 +89,7 @@ def test_each_voice_says_7_distinct_labels_once_each(rows):
         assert len(set(labels)) == CLIPS_PER_VOICE, f"voice {voice} repeats a label: {sorted(labels)}"
 
 
-def test_each_label_has_32_clips_from_32_different_voices(rows):
+def test_each_label_has_64_clips_from_64_different_voices(rows):
     voices_by_label = defaultdict(list)
     for row in rows:
         voices_by_label[row["label"]].append(row["voice"])
@@ -100,7 +101,7 @@ def test_each_label_has_32_clips_from_32_different_voices(rows):
 
 def test_clip_paths_follow_the_layout(rows):
     for row in rows:
-        match = re.fullmatch(r"clips/(v\d\d)/([a-z_]+)\.flac", row["path"])
+        match = re.fullmatch(r"clips/(v\d{3})/([a-z_]+)\.flac", row["path"])
         assert match, row["path"]
         assert match.group(1) == row["voice"] and match.group(2) == row["label"], row["path"]
 
@@ -121,8 +122,10 @@ def test_sampled_clips_decode_as_8khz_mono_flac(rows):
         info = sf.info(path)
         assert info.format == "FLAC"
         assert info.subtype == "PCM_16"
-        samples, sampling_rate = sf.read(path)
+        samples, sampling_rate = sf.read(path, dtype="int16")
         assert sampling_rate == SAMPLING_RATE_HZ
+        assert not (samples % 2 ** (16 - SIGNIFICANT_BITS)).any(), f"{row['path']}: more than {SIGNIFICANT_BITS} bits"
+        assert len(set(samples.tolist())) > 50, f"{row['path']}: hardly any distinct levels"
         assert samples.ndim == 1, f"{row['path']} is not mono"
         duration_seconds = len(samples) / sampling_rate
         in_range = MIN_DURATION_SECONDS < duration_seconds < MAX_DURATION_SECONDS
