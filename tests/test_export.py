@@ -130,6 +130,31 @@ def test_int8_export_quantizes_matrix_products_and_reports_agreement(tmp_path):
     assert np.abs(quantized - reference).max() < 0.2
 
 
+def _linear_graph(path: Path, layers: int) -> list[str]:
+    """An ONNX file of MatMul nodes named as a transformers encoder's are when exported; returns their names."""
+    names = [f"/model/encoder/layers.{i}/{part}/MatMul" for i in range(layers) for part in ("self_attn/q_proj", "fc1")]
+    names += ["/model/projector/MatMul"]
+    nodes = [onnx.helper.make_node("MatMul", ["x", "w"], [f"y{i}"], name=name) for i, name in enumerate(names)]
+    tensor = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    weight = onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    outputs = [onnx.helper.make_tensor_value_info(f"y{i}", onnx.TensorProto.FLOAT, [1, 4]) for i in range(len(names))]
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [tensor], outputs, [weight])), str(path))
+    return names
+
+
+def test_int8_leaves_the_first_and_last_encoder_layers_in_float(tmp_path):
+    names = _linear_graph(tmp_path / "four.onnx", layers=4)
+    kept = export.float_layer_nodes(tmp_path / "four.onnx")
+    assert kept == [n for n in names if "layers.0/" in n] + [n for n in names if "layers.3/" in n]
+    assert export.float_layer_nodes(tmp_path / "four.onnx") == kept
+    _linear_graph(tmp_path / "two.onnx", layers=2)
+    assert export.float_layer_nodes(tmp_path / "two.onnx") == []  # nothing would be left to quantize
+
+    export._quantize_int8(tmp_path / "four.onnx", tmp_path / "int8.onnx")
+    float_nodes = {n.name for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node if n.op_type == "MatMul"}
+    assert float_nodes == set(kept)  # the middle layers and the head were quantized, the first and last were not
+
+
 def test_failed_parity_check_leaves_nothing_behind(tmp_path, monkeypatch):
     model_dir = save_model("tiny-wav2vec2", tmp_path / "model")
     monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # no graph can pass

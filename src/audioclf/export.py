@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 import warnings
@@ -197,9 +198,31 @@ def _quantize_int8(source: Path, target: Path) -> None:
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # its advice to pre-process is logged on the root logger; measured: no faster
     try:
-        quantize_dynamic(source, target, op_types_to_quantize=QUANTIZED_OPS, weight_type=QuantType.QInt8)
+        quantize_dynamic(source, target, op_types_to_quantize=QUANTIZED_OPS, weight_type=QuantType.QInt8,
+                         nodes_to_exclude=float_layer_nodes(source))
     finally:
         logging.disable(previous)
+
+
+def float_layer_nodes(model_path: Path) -> list[str]:
+    """The linear nodes of the encoder's first and last transformer layers, which int8 leaves in float.
+
+    The first layer reads the front end's output plus the position table, the last one feeds the pooled mean the
+    head decides on; their activations have the widest ranges, and per-tensor int8 activations lose most there.
+    Measured on the demo model's 224 test clips: all layers int8 agreed with fp32 on 97.8% of them; each layer left
+    in float in turn, 97.3-99.1% (the first layer mattered most); first and last in float, 100%.
+    """
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    by_layer: dict[int, list[str]] = {}
+    for node in graph.node:
+        match = re.search(r"layers\.(\d+)/", node.name)
+        if node.op_type in QUANTIZED_OPS and match:
+            by_layer.setdefault(int(match.group(1)), []).append(node.name)
+    if len(by_layer) < 3:  # too few layers to keep any in float and still gain from int8
+        return []
+    return by_layer[min(by_layer)] + by_layer[max(by_layer)]
 
 
 def top1_agreement(reference: Classifier, candidate: Classifier, clips: Sequence[np.ndarray]) -> float:
