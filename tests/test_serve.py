@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from audioclf.errors import ConfigError
 from audioclf.infer import Classifier, load_classifier, top_k, window_spans
-from audioclf.serve import ServeSettings, create_app, sliding_windows
+from audioclf.serve import ServeSettings, create_app, sliding_windows, window_seconds_of
 from audioclf.testing import class_clip, save_tone_model
 
 LABELS = ["low", "high", "noise"]
@@ -533,3 +533,16 @@ def test_one_log_line_per_request(client, caplog):
     assert len(lines) == 2
     assert re.fullmatch(r"POST /v1/classify 200 \d+\.\d ms", lines[0])
     assert re.fullmatch(r"GET /v1/nope 404 \d+\.\d ms", lines[1])
+
+
+def test_warm_up_is_a_full_batch_of_window_long_clips_before_ready(classifier):
+    """The largest batch's buffers exist before /readyz says ready, so load does not grow memory later."""
+    recording = Recording(classifier)
+    lengths: list[list[int]] = []
+    inner_probabilities = recording.probabilities
+    recording.probabilities = lambda clips: (lengths.append([len(c) for c in clips]), inner_probabilities(clips))[1]
+    with running(recording, max_batch=3):
+        assert recording.batch_sizes == [3]  # only the warm-up has run
+    window_samples = int(window_seconds_of(classifier) * RATE)
+    assert window_samples == RATE  # the tiny tone model's 1 s window
+    assert lengths[0] == [window_samples] * 3

