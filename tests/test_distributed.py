@@ -22,7 +22,7 @@ from audioclf.cli import app
 from audioclf.config import DataSpec, ModelOptions, read_config_file, resolve_run
 from audioclf.data import clip_samples
 from audioclf.errors import ConfigError
-from audioclf.features import ClipTransform
+from audioclf.features import CLIP_INDEX_COLUMN, ClipTransform
 from audioclf.model import build_model
 from audioclf.testing import class_clip, tiny_train_options, write_clip
 from audioclf.train import train
@@ -86,11 +86,11 @@ class _FirstClipPerEpoch(TrainerCallback):
     """Records the first training clip's audio and its samples as the data loader serves them as each epoch begins."""
 
     def __init__(self):
-        self.audio = None
+        self.row = None
         self.clips: list[np.ndarray] = []
 
     def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        self.audio = train_dataloader.dataset.with_format(None)[0]["audio"]
+        self.row = train_dataloader.dataset.with_format(None)[0]
         self.clips.append(np.asarray(train_dataloader.dataset[0]["samples"]))
 
 
@@ -150,7 +150,8 @@ def test_two_processes_train_the_same_model_as_one(manifest, whisper_without_dro
     transform = ClipTransform(clip_samples, 16_000, 1.0, "random", run.train.seed, run.train.speed_perturbation)
     for epoch, served in enumerate(first_clips.clips):
         transform.epoch = epoch
-        np.testing.assert_array_equal(served, transform({"audio": [first_clips.audio], "label": [0]})["samples"][0])
+        row = {"audio": [first_clips.row["audio"]], "label": [0], CLIP_INDEX_COLUMN: [first_clips.row[CLIP_INDEX_COLUMN]]}
+        np.testing.assert_array_equal(served, transform(row)["samples"][0])
     assert len(first_clips.clips) == 3 and not np.array_equal(first_clips.clips[0], first_clips.clips[1])
 
 

@@ -10,6 +10,7 @@ from transformers import WhisperFeatureExtractor
 from audioclf.config import resolve_options
 from audioclf.errors import ConfigError
 from audioclf.features import (
+    CLIP_INDEX_COLUMN,
     FREQUENCY_MASK_BINS,
     FREQUENCY_MASKS,
     TIME_MASK_FRAMES,
@@ -92,3 +93,16 @@ def test_spec_augment_option_is_checked_and_off_in_the_seed_preset():
     assert resolve_options("seed", {}).spec_augment == 0.0
     with pytest.raises(ConfigError, match="--spec-augment"):
         resolve_options("default", {"spec_augment": 1.5})
+
+
+def test_a_clip_is_named_by_its_row_so_moving_the_data_changes_nothing():
+    """Two copies of one clip at different paths: the same row number gives the same random crop and masks."""
+    here = {"audio": [{"path": "/data/a/clip.wav", "bytes": None}], "label": [0], CLIP_INDEX_COLUMN: [5]}
+    moved = {"audio": [{"path": "/elsewhere/clip.wav", "bytes": None}], "label": [0], CLIP_INDEX_COLUMN: [5]}
+    same_noise = lambda audio, rate: _decode({"path": "clip.wav"}, rate)  # the same samples wherever it lives
+    transform = ClipTransform(same_noise, RATE_HZ, 1.0, "random", seed=1, speed_perturbation=0.1, spec_augment=0.2)
+    a, b = transform(here), transform(moved)
+    np.testing.assert_array_equal(a["samples"][0], b["samples"][0])
+    assert a["mask_seed"] == b["mask_seed"]
+    unnamed = {key: value for key, value in moved.items() if key != CLIP_INDEX_COLUMN}  # then the path names it
+    assert not np.array_equal(transform(unnamed)["samples"][0], a["samples"][0])

@@ -18,7 +18,7 @@ EXIT_ERROR = 1  # a domain error: bad input, missing file, unusable data or mode
 DEMO_OUTPUT = Path("audioclf-demo-model")
 DEMO_BACKBONE = "whisper-tiny.en"
 DEMO_TEST_SIZE = 0.25  # 32 of the demo's 128 voices are never heard in training
-DEMO_EPOCHS = 6  # 6 passes over ~600 clips: 3:38 on 2 cores, inside the demo's 10 minutes (the preset allows 12)
+DEMO_EPOCHS = 6  # 6 passes over ~600 clips: 3:37 on 2 cores, inside the demo's 10 minutes (the preset allows 12)
 
 
 def _quiet_libraries() -> None:

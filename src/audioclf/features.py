@@ -15,6 +15,7 @@ import torch
 
 from audioclf.config import CROPS
 
+CLIP_INDEX_COLUMN = "clip_index"  # a training split's row numbers: what names a clip for its random draws
 SPEED_RATE_HZ = 16_000  # nominal rate for speed changes; only the ratio to round(rate * factor) matters
 TIME_MASK_FRAMES = 20  # SpecAugment time mask: 20 log-mel frames, 0.2 s at Whisper's 100 frames per second
 FREQUENCY_MASKS = 2  # SpecAugment frequency masks per clip, each over FREQUENCY_MASK_BINS mel bins
@@ -53,7 +54,9 @@ class ClipTransform:
     Returns columns `samples` (float32 arrays) and `label`. A random crop and speed are drawn from a generator
     seeded by (seed, epoch, clip), so a run with the same seed sees the same crops, each epoch sees different ones,
     and a clip gets the same crop whichever process decodes it and in whatever order: one process with batches of
-    8 and two with batches of 4 train on the same samples. The trainer sets `epoch` as each epoch begins.
+    8 and two with batches of 4 train on the same samples. The trainer sets `epoch` as each epoch begins. A clip is
+    named by its row in the split (a CLIP_INDEX_COLUMN the trainer adds), so the same data gives the same run
+    wherever it is stored; rows without one are named by their path and bytes.
     """
 
     def __init__(self, decode: Callable[[dict, int], np.ndarray], sampling_rate: int, window_seconds: float | None,
@@ -70,9 +73,10 @@ class ClipTransform:
     def __call__(self, batch: dict) -> dict:
         random = self.speed_perturbation or self.how == "random" or self.spec_augment
         clips, mask_seeds = [], []
-        for audio in batch["audio"]:
+        keys = batch.get(CLIP_INDEX_COLUMN) or [None] * len(batch["audio"])
+        for audio, key in zip(batch["audio"], keys):
             samples = self.decode(audio, self.sampling_rate)
-            rng = np.random.default_rng([self.seed, self.epoch, clip_key(audio)]) if random else None
+            rng = np.random.default_rng([self.seed, self.epoch, clip_key(audio) if key is None else key]) if random else None
             if self.speed_perturbation:
                 samples = change_speed(samples, rng.uniform(1 - self.speed_perturbation, 1 + self.speed_perturbation))
             clips.append(samples if self.length is None else crop(samples, self.length, self.how, rng))

@@ -27,7 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from audioclf.config import DataSpec, ModelOptions, TrainOptions
 from audioclf.data import ClipSet, clip_samples, load_clips, split_dataset
 from audioclf.errors import AudioclfError, ConfigError, DataError, ModelError, OutputExistsError
-from audioclf.features import BatchFeaturizer, ClipTransform, TrainingCollator
+from audioclf.features import CLIP_INDEX_COLUMN, BatchFeaturizer, ClipTransform, TrainingCollator
 from audioclf.model import (
     ModelBundle,
     build_model,
@@ -482,6 +482,7 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
     train_transform = ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed,
                                     options.speed_perturbation,
                                     options.spec_augment if bundle.model_type == "whisper" else 0.0)
+    train_split = train_split.add_column(CLIP_INDEX_COLUMN, np.arange(len(train_split)))  # names clips for their draws
     train_split.set_transform(train_transform)
     eval_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
     if options.probe_init and model_opts.model:  # a random encoder's outputs are not worth probing
