@@ -410,9 +410,10 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     if options.threads:
         torch.set_num_threads(options.threads)
 
-    with processes.main_first():  # a Hub dataset is downloaded and cached once, then read by the others
-        clips = load_clips(data, split=True, progress=progress)
-        train_split, eval_split, test_split = _choose_splits(clips, options, data)
+    # The main process alone downloads (a Hub dataset) and scans the clips; the others wait for its ClipSet (Arrow
+    # tables: in memory, or memory-mapped files that travel by path), so the data is prepared once, never raced.
+    clips = processes.broadcast(load_clips(data, split=True, progress=progress) if processes.is_main else None)
+    train_split, eval_split, test_split = _choose_splits(clips, options, data)
     echo(f"data: {len(clips.labels)} labels; {len(train_split)} training, {len(eval_split)} evaluation"
          + (f", {len(test_split)} test clips" if test_split is not None else " clips"))
 
