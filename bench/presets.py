@@ -14,7 +14,6 @@ Run by hand (not a test; needs espeak-ng and about 5 minutes on 2 cores):
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ import make_demo_data as demo  # noqa: E402  (the demo's voices, clip rendering 
 
 from audioclf.backbone import ensure_backbone  # noqa: E402
 from audioclf.config import DataSpec, ModelOptions, resolve_options  # noqa: E402
+from audioclf.testing import write_manifest  # noqa: E402
 from audioclf.train import train  # noqa: E402
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -52,12 +52,7 @@ def make_digits(folder: Path, n_voices: int) -> Path:
             (folder / path).parent.mkdir(parents=True, exist_ok=True)
             sf.write(folder / path, clip, demo.TARGET_SAMPLING_RATE_HZ, format="FLAC", subtype="PCM_16")
             rows.append({"path": path, "label": digit, "voice": voice.voice_id})
-    manifest = folder / "manifest.csv"
-    with manifest.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "voice"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest(folder / "manifest.csv", rows)
 
 
 def main() -> None:

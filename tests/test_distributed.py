@@ -4,7 +4,6 @@ complete model directory once, and probe mode's sharded encoding gathers to the 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -24,7 +23,7 @@ from audioclf.data import clip_samples
 from audioclf.errors import ConfigError
 from audioclf.features import CLIP_INDEX_COLUMN, ClipTransform
 from audioclf.model import build_model
-from audioclf.testing import class_clip, tiny_train_options, write_clip
+from audioclf.testing import class_clip, tiny_train_options, write_clip, write_manifest
 from audioclf.train import train
 
 LABELS = ["high", "low", "noise"]
@@ -49,12 +48,7 @@ def _write_manifest(root: Path) -> Path:
             seed = 10_000 * list(SPLIT_CLIPS).index(split) + i
             write_clip(root / path, class_clip(label, 1.5, 8000, seed=seed), 8000)
             rows.append({"path": path, "label": label, "split": split})
-    manifest = root / "manifest.csv"
-    with manifest.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "split"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest(root / "manifest.csv", rows)
 
 
 @pytest.fixture(scope="module")

@@ -85,17 +85,21 @@ def make_manifest_dataset(
                 row["split"] = "test" if i % groups == 0 else "train"
             rows.append(row)
     if kind == "csv":
-        manifest = root / "manifest.csv"
-        with manifest.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        import json
+        return write_manifest(root / "manifest.csv", rows)
+    import json
 
-        manifest = root / "manifest.jsonl"
-        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
+
+
+def write_manifest(manifest: Path, rows: list[dict]) -> Path:
+    """Write rows (dicts with the same keys, the first row's order) as a CSV manifest; returns its path."""
+    with Path(manifest).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(manifest)
 
 
 # Options under which the tiny random models learn TONE_CLASSES within a few epochs of a few dozen 1 s clips, in
