@@ -277,12 +277,29 @@ def pooled_features(bundle: ModelBundle, featurizer: BatchFeaturizer, dataset, b
     return torch.cat(captured).clone()
 
 
-def fit_head(bundle: ModelBundle, featurizer: BatchFeaturizer, dataset, seed: int) -> float:
+def fit_head(bundle: ModelBundle, featurizer: BatchFeaturizer, dataset, seed: int,
+             processes: Processes | None = None) -> float:
     """Fit the projector and classifier on the frozen encoder's pooled outputs (a linear probe); returns the
     training accuracy. Fine-tuning from a fitted head keeps the pretrained features from being pulled
-    apart by a random one (LP-FT), which is what lets the default preset generalise to unseen speakers."""
-    labels = torch.tensor(dataset.with_format(None)["label"], dtype=torch.long)
-    return _fit_pooled_head(bundle.model, pooled_features(bundle, featurizer, dataset), labels, seed)
+    apart by a random one (LP-FT), which is what lets the default preset generalise to unseen speakers.
+
+    In several processes, each pools its share of the clips, the main process fits the head on all of them and
+    hands it to the others, so every process starts fine-tuning from the same head."""
+    processes = processes or Processes()
+    rows = processes.shard(len(dataset))
+    mine = pooled_features(bundle, featurizer, dataset.select(rows)) if len(rows) else None
+    parts = processes.gather(mine)
+    fitted = None
+    if processes.is_main:
+        features = torch.cat([part for part in parts if part is not None])
+        labels = torch.tensor(dataset.with_format(None)["label"], dtype=torch.long)
+        accuracy = _fit_pooled_head(bundle.model, features, labels, seed)
+        head = {name: value for name, value in bundle.model.state_dict().items()
+                if name.startswith(("projector", "classifier"))}
+        fitted = (head, accuracy)
+    head, accuracy = processes.broadcast(fitted)
+    bundle.model.load_state_dict(head, strict=False)
+    return accuracy
 
 
 def _fit_pooled_head(model, features: torch.Tensor, labels: torch.Tensor, seed: int) -> float:
@@ -488,8 +505,8 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
     eval_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
     if options.probe_init and model_opts.model:  # a random encoder's outputs are not worth probing
         probed = time.monotonic()
-        accuracy = _fit_head_across(bundle, featurizer, train_split, ClipTransform(
-            clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed), options.seed, processes)
+        accuracy = fit_head(bundle, featurizer, train_split.with_transform(ClipTransform(
+            clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed)), options.seed, processes)
         echo(f"head: fitted on the frozen encoder's outputs in {time.monotonic() - probed:.0f} s "
              f"(training accuracy {accuracy:.3f})")
 
@@ -524,26 +541,6 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
         metrics["test"] = _strip(trainer.evaluate(test_split, metric_key_prefix="test"))
     bundle.model = trainer.model
     return trainer, metrics
-
-
-def _fit_head_across(bundle, featurizer, split, transform: ClipTransform, seed: int, processes: Processes) -> float:
-    """fit_head over several processes: each pools its share of the clips, the main process fits the head on all
-    of them and hands it to the others, so every process starts fine-tuning from the same head. Returns the
-    head's training accuracy."""
-    rows = processes.shard(len(split))
-    mine = pooled_features(bundle, featurizer, split.select(rows).with_transform(transform)) if len(rows) else None
-    parts = processes.gather(mine)
-    fitted = None
-    if processes.is_main:
-        features = torch.cat([part for part in parts if part is not None])
-        labels = torch.tensor(split.with_format(None)["label"], dtype=torch.long)
-        accuracy = _fit_pooled_head(bundle.model, features, labels, seed)
-        head = {name: value for name, value in bundle.model.state_dict().items()
-                if name.startswith(("projector", "classifier"))}
-        fitted = (head, accuracy)
-    head, accuracy = processes.broadcast(fitted)
-    bundle.model.load_state_dict(head, strict=False)
-    return accuracy
 
 
 def _train_probe(bundle, featurizer, splits, window, options, processes, echo, progress) -> dict:
