@@ -21,7 +21,7 @@ from audioclf import export
 from audioclf.cli import app
 from audioclf.errors import ModelError, OutputExistsError
 from audioclf.export import EXPORT_RECORD_FILE, export_onnx
-from audioclf.infer import NumpyFeatures, load_classifier, mel_filters
+from audioclf.infer import NumpyFeatures, TorchBackend, load_classifier, mel_filters
 from audioclf.model import build_model, fit_whisper_window
 from audioclf.testing import class_clip, write_clip
 
@@ -130,29 +130,38 @@ def test_int8_export_quantizes_matrix_products_and_reports_agreement(tmp_path):
     assert np.abs(quantized - reference).max() < 0.2
 
 
-def _linear_graph(path: Path, layers: int) -> list[str]:
-    """An ONNX file of MatMul nodes named as a transformers encoder's are when exported; returns their names."""
-    names = [f"/model/encoder/layers.{i}/{part}/MatMul" for i in range(layers) for part in ("self_attn/q_proj", "fc1")]
-    names += ["/model/projector/MatMul"]
-    nodes = [onnx.helper.make_node("MatMul", ["x", "w"], [f"y{i}"], name=name) for i, name in enumerate(names)]
-    tensor = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
-    weight = onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
-    outputs = [onnx.helper.make_tensor_value_info(f"y{i}", onnx.TensorProto.FLOAT, [1, 4]) for i in range(len(names))]
-    onnx.save(onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [tensor], outputs, [weight])), str(path))
-    return names
+def test_int8_leaves_the_head_and_layers_with_outlier_inputs_in_float(tmp_path):
+    bundle = build_model("tiny-whisper", list(LABELS), seed=0)
+    fit_whisper_window(bundle, 1)
+    encoder = bundle.model.encoder
+    fc1 = encoder.layers[-1].fc1
+    with torch.no_grad():  # the first frame stands out, and one hidden unit of the last feed-forward block fires on it
+        encoder.embed_positions.weight[0, 0] = 100.0
+        fc1.weight[0] = 0.0
+        fc1.weight[0, 0] = 20.0
+        fc1.bias[0] = -60.0
+    bundle.save(tmp_path / "model")
+    backend = TorchBackend(bundle)
+    export._export_graph(bundle, tmp_path / "fp32.onnx")
+
+    kept = export.float_nodes(backend, tmp_path / "fp32.onnx")
+
+    assert kept == ["/model/encoder/layers.1/fc2/MatMul", "/model/projector/MatMul", "/model/classifier/Gemm"]
+    export._quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", kept)
+    nodes = onnx.load(str(tmp_path / "int8.onnx")).graph.node
+    left = [n.name for n in nodes if n.op_type in ("MatMul", "Gemm") and "/self_attn/MatMul" not in n.name]
+    assert sorted(left) == sorted(kept[:2] + ["/model/classifier/Gemm_MatMul"])  # the quantizer's name for the Gemm
+    assert sum(n.op_type == "MatMulInteger" for n in nodes) == 2 * 6 - 1  # the rest of both layers' projections
+    with torch.no_grad():  # without the outlier nothing in the body stands out
+        fc1.weight[0, 0] = 0.0
+    assert export.float_nodes(backend, tmp_path / "fp32.onnx") == kept[1:]
 
 
-def test_int8_leaves_the_first_and_last_encoder_layers_in_float(tmp_path):
-    names = _linear_graph(tmp_path / "four.onnx", layers=4)
-    kept = export.float_layer_nodes(tmp_path / "four.onnx")
-    assert kept == [n for n in names if "layers.0/" in n] + [n for n in names if "layers.3/" in n]
-    assert export.float_layer_nodes(tmp_path / "four.onnx") == kept
-    _linear_graph(tmp_path / "two.onnx", layers=2)
-    assert export.float_layer_nodes(tmp_path / "two.onnx") == []  # nothing would be left to quantize
-
-    export._quantize_int8(tmp_path / "four.onnx", tmp_path / "int8.onnx")
-    float_nodes = {n.name for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node if n.op_type == "MatMul"}
-    assert float_nodes == set(kept)  # the middle layers and the head were quantized, the first and last were not
+def test_onnx_scope_names_modules_as_the_exporter_does():
+    assert export.onnx_scope("encoder.layers.3.fc2") == "/model/encoder/layers.3/fc2"
+    assert export.onnx_scope("wav2vec2.encoder.layers.11.feed_forward.output_dense") == \
+        "/model/wav2vec2/encoder/layers.11/feed_forward/output_dense"
+    assert export.onnx_scope("projector") == "/model/projector"
 
 
 def test_failed_parity_check_leaves_nothing_behind(tmp_path, monkeypatch):
