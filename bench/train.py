@@ -3,7 +3,7 @@
     python bench/train.py [--backbone DIR] [--output DIR]
 
 Both start from the Whisper tiny.en encoder (installed on first use), train on the same voice-disjoint split
-(16 of 64 voices held out for testing) with the default preset, and report end-to-end wall time (the probe's
+(32 of 128 voices held out for testing) with the default preset, and report end-to-end wall time (the probe's
 feature-caching pass included; its disk cache is cleared first) and test accuracy on the unseen voices.
 Issue 5's target: probe at least 10x faster, accuracy no more than 2 points below full fine-tuning.
 """

@@ -34,10 +34,13 @@ def test_probe_head_equals_the_saved_models_logits(name, tones, tmp_path, monkey
 
     config = json.loads((output / "config.json").read_text())
     assert config["use_weighted_layer_sum"] is True
-    assert result.metrics["probe"]["steps"] >= result.metrics["probe"]["best_step"] > 0
     assert result.metrics["test"]["accuracy"] > 0.5  # three clearly different sounds, chance is 1/3
 
     model = AutoModelForAudioClassification.from_pretrained(output).eval()
+    probe, n_layers = result.metrics["probe"], len(model.layer_weights)
+    assert probe["candidates"] == n_layers + 1 + 2  # each layer alone and all equally, then two more strengths
+    assert probe["mixture"] in ["all layers equally", "embeddings"] + [f"layer {i}" for i in range(1, n_layers)]
+    assert result.metrics["validation"] == {"accuracy": probe["eval_accuracy"], "loss": probe["eval_loss"]}
     bundle = ModelBundle(model, AutoFeatureExtractor.from_pretrained(output))
     featurizer = BatchFeaturizer(bundle.feature_extractor, bundle.model_type, bundle.uses_attention_mask)
     clips = load_clips(DataSpec(data=str(tones)), progress=False).splits["train"]

@@ -564,9 +564,11 @@ def _train_probe(bundle, featurizer, splits, window, options, processes, echo, p
     started = time.monotonic()
     fit = train_head(bundle.model, features["train"], labels["train"], features["validation"], labels["validation"],
                      options.seed)
-    echo(f"head: {fit['best_step']} of {fit['steps']} steps in {time.monotonic() - started:.1f} s, "
-         f"training accuracy {fit['train_accuracy']:.3f}, evaluation accuracy {fit['eval_accuracy']:.3f}")
-    metrics = {"probe": fit, "validation": accuracy_and_loss(bundle.model, features["validation"], labels["validation"])}
+    echo(f"head: {fit['mixture']}, L2 strength C={fit['strength']:g} (best of {fit['candidates']}) in "
+         f"{time.monotonic() - started:.1f} s, training accuracy {fit['train_accuracy']:.3f}, evaluation accuracy "
+         f"{fit['eval_accuracy']:.3f}")
+    # the final fit includes the evaluation clips; their figures are those measured before it saw them
+    metrics = {"probe": fit, "validation": {"accuracy": fit["eval_accuracy"], "loss": fit["eval_loss"]}}
     if "test" in features:
         metrics["test"] = accuracy_and_loss(bundle.model, features["test"], labels["test"])
     return metrics
