@@ -35,6 +35,7 @@ TARGET_VS_PIPELINE_DEFAULT = 3.0  # audioclf torch over the pipeline at its defa
 TARGET_VS_PIPELINE_BEST = 2.0  # ... and over the pipeline at its best batch size
 TARGET_INT8_VS_TORCH = 1.5  # ONNX int8 over audioclf torch
 TARGET_INT8_AGREEMENT = 0.99  # ONNX int8 top-1 agreement on the demo test clips
+AUDIOCLF_BATCH_SIZE = 8  # audioclf's batch size unless --batch-size says otherwise
 DEMO_TEST_SIZE = 0.25  # as `audioclf demo` splits: four voices in sixteen never heard in training
 SHORT_RECORDING_SECONDS = 10.0  # what a long recording's memory is compared with
 FULL_BATCH_RECORDING_SECONDS = 60.0  # ... and this: long enough for full batches of windows, as a long one runs
@@ -90,8 +91,8 @@ def run_worker(args) -> dict:
     else:
         from audioclf.infer import load_classifier
 
-        classifier = load_classifier(args.model_dir, batch_size=args.batch_size or 8, threads=args.threads,
-                                     backend=args.worker)
+        classifier = load_classifier(args.model_dir, batch_size=args.batch_size or AUDIOCLF_BATCH_SIZE,
+                                     threads=args.threads, backend=args.worker)
 
         def classify(batch):
             labels = []
@@ -205,9 +206,10 @@ def benchmark(args, model_dir: Path, title: str, work: Path) -> dict:
         key = f"pipeline (batch {batch_size})"
         results[key] = spawn(args, "pipeline", model_dir, paths_file, batch_size)
         print(f"  {key}: {_rate(results[key]):.2f} clips/s", flush=True)
-    results["audioclf torch"] = spawn(args, "torch", model_dir, paths_file, args.batch_size)
-    results["audioclf onnx fp32"] = spawn(args, "onnx", exported[None], paths_file, args.batch_size)
-    results["audioclf onnx int8"] = spawn(args, "onnx", exported["int8"], paths_file, args.batch_size)
+    batch_size = args.batch_size or AUDIOCLF_BATCH_SIZE  # a worker given none runs the pipeline at its default
+    results["audioclf torch"] = spawn(args, "torch", model_dir, paths_file, batch_size)
+    results["audioclf onnx fp32"] = spawn(args, "onnx", exported[None], paths_file, batch_size)
+    results["audioclf onnx int8"] = spawn(args, "onnx", exported["int8"], paths_file, batch_size)
 
     reference = results["pipeline (default batch)"]["labels"]
     same_decode = results["pipeline (default batch)"]["labels_same_decode"]
@@ -279,7 +281,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=None, help="Use only the first N demo test clips.")
     parser.add_argument("--pipeline-batch-sizes", default="1,4,8,16",
                         help="Batch sizes the pipeline is also run at; its best is reported.")
-    parser.add_argument("--batch-size", type=int, default=8, help="audioclf's batch size.")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"audioclf's batch size (default {AUDIOCLF_BATCH_SIZE}).")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for every backend; default: torch's.")
     parser.add_argument("--long-seconds", type=float, default=0.0,
                         help="Also compare peak RSS on a recording this long with a 10 s one (e.g. 600).")
