@@ -211,7 +211,7 @@ def _quantize_int8(source: Path, target: Path, keep_float: Sequence[str]) -> Non
         logging.disable(previous)
 
 
-def float_nodes(backend: TorchBackend, model_path: Path, clips: Sequence[np.ndarray] | None = None) -> list[str]:
+def float_nodes(backend: TorchBackend, model_path: Path) -> list[str]:
     """The linear nodes of the ONNX graph that int8 leaves in float: the head's, and those of every linear layer
     whose inputs have outliers, a peak-to-RMS ratio OUTLIER_FACTOR times the median layer's or more.
 
@@ -237,7 +237,7 @@ def float_nodes(backend: TorchBackend, model_path: Path, clips: Sequence[np.ndar
     hooks = [module.register_forward_hook(record(name)) for name, module in model.named_modules()
              if isinstance(module, torch.nn.Linear)]
     try:
-        calibration = list(clips) if clips else synthetic_clips(backend.sampling_rate)
+        calibration = synthetic_clips(backend.sampling_rate)
         for start in range(0, len(calibration), 8):
             backend.logits(calibration[start : start + 8])
     finally:

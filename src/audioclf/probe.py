@@ -111,21 +111,21 @@ def train_head(model, train_features: np.ndarray, train_labels, eval_features: n
     the final fit saw those clips)}.
     """
     n_labels, n_layers = model.config.num_labels, train_features.shape[1]
-    if model.projector.out_features < n_labels:
-        raise ConfigError(f"probe mode: {n_labels} labels need a classifier_proj_size of at least {n_labels}, "
-                          f"not {model.projector.out_features}")
+    check_head_fits(model)
     train_labels, eval_labels = np.asarray(train_labels, dtype=np.int64), np.asarray(eval_labels, dtype=np.int64)
     mixtures = {"all layers equally": np.zeros(n_layers)}
     for layer in range(n_layers):
         logits = np.full(n_layers, OFF_LAYER_LOGIT)
         logits[layer] = 0.0
         mixtures["embeddings" if layer == 0 else f"layer {layer}"] = logits
+    pooled = {name: (_pool(train_features, logits), _pool(eval_features, logits)) for name, logits in mixtures.items()}
 
     def evaluated(name: str, strength: float) -> tuple[float, float]:
-        weight, bias = _fit_regression(train_features, train_labels, mixtures[name], strength, n_labels, seed)
-        return _scores(_pool(eval_features, mixtures[name]) @ weight.T + bias, eval_labels)
+        train_pooled, eval_pooled = pooled[name]
+        weight, bias = _fit_regression(train_pooled, train_labels, strength, n_labels, seed)
+        return _scores(eval_pooled @ weight.T + bias, eval_labels)
 
-    def best(scores: dict) -> tuple:
+    def best(scores: dict):
         return max(scores, key=lambda key: (scores[key][0], -scores[key][1]))
 
     middle = PROBE_STRENGTHS[len(PROBE_STRENGTHS) // 2]
@@ -134,9 +134,9 @@ def train_head(model, train_features: np.ndarray, train_labels, eval_features: n
     by_strength = {middle: by_mixture[name], **{c: evaluated(name, c) for c in PROBE_STRENGTHS if c != middle}}
     strength = best(by_strength)
 
-    features = np.concatenate([train_features, eval_features])
+    features = np.concatenate(pooled[name])
     labels = np.concatenate([train_labels, eval_labels])
-    weight, bias = _fit_regression(features, labels, mixtures[name], strength, n_labels, seed)
+    weight, bias = _fit_regression(features, labels, strength, n_labels, seed)
     with torch.no_grad():
         model.layer_weights.copy_(torch.from_numpy(mixtures[name]))
         model.projector.weight.zero_()
@@ -146,10 +146,17 @@ def train_head(model, train_features: np.ndarray, train_labels, eval_features: n
         model.classifier.weight.zero_()
         model.classifier.weight[:, :n_labels] = torch.eye(n_labels)
         model.classifier.bias.zero_()
-    train_accuracy = _scores(_pool(features, mixtures[name]) @ weight.T + bias, labels)[0]
+    train_accuracy = _scores(features @ weight.T + bias, labels)[0]
     eval_accuracy, eval_loss = by_strength[strength]
     return {"mixture": name, "strength": strength, "candidates": len(by_mixture) + len(by_strength) - 1,
             "train_accuracy": train_accuracy, "eval_accuracy": eval_accuracy, "eval_loss": eval_loss}
+
+
+def check_head_fits(model) -> None:
+    """train_head writes one logit per label into the projector's outputs: there must be enough of them."""
+    n_labels, width = model.config.num_labels, model.projector.out_features
+    if width < n_labels:
+        raise ConfigError(f"probe mode: {n_labels} labels need a classifier_proj_size of at least {n_labels}, not {width}")
 
 
 def _pool(features: np.ndarray, layer_logits: np.ndarray) -> np.ndarray:
@@ -158,13 +165,12 @@ def _pool(features: np.ndarray, layer_logits: np.ndarray) -> np.ndarray:
     return np.einsum("nld,l->nd", features.astype(np.float64), weights / weights.sum())
 
 
-def _fit_regression(features: np.ndarray, labels: np.ndarray, layer_logits: np.ndarray, strength: float,
-                    n_labels: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _fit_regression(pooled: np.ndarray, labels: np.ndarray, strength: float, n_labels: int,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A logistic regression on the standardized pooled features, as one affine map of the pooled features to
     every label's logit: (weight, bias)."""
     from sklearn.linear_model import LogisticRegression
 
-    pooled = _pool(features, layer_logits)
     mean, scale = pooled.mean(axis=0), pooled.std(axis=0)
     scale[scale == 0] = 1.0
     regression = LogisticRegression(C=strength, max_iter=PROBE_MAX_ITERATIONS, random_state=seed)

@@ -546,8 +546,9 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
 def _train_probe(bundle, featurizer, splits, window, options, processes, echo, progress) -> dict:
     """Probe mode: cache every split's per-layer means once (disk cache), then train only the head, in the main
     process (the others only help encode)."""
-    from audioclf.probe import accuracy_and_loss, train_head
+    from audioclf.probe import accuracy_and_loss, check_head_fits, train_head
 
+    check_head_fits(bundle.model)  # before the encoding pass, not after it
     features, labels = {}, {}
     for name, split in zip(("train", "validation", "test"), splits):
         if split is None:
