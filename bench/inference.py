@@ -120,13 +120,13 @@ def run_worker(args) -> dict:
 
 
 def run_long_worker(args) -> dict:
-    """Classify one (long) recording with its timeline; peak RSS and windows."""
+    """Classify one (long) recording with its segments; peak RSS and windows."""
     from audioclf.infer import load_classifier
 
     classifier = load_classifier(args.model_dir, threads=args.threads, backend=args.worker)
     rss_loaded = peak_rss_mb()
     started = time.perf_counter()
-    (outcome,) = classifier.classify_files([args.recording], top_k_labels=1, timeline=True)
+    (outcome,) = classifier.classify_files([args.recording], top_k_labels=1, segments=True)
     return {"seconds": time.perf_counter() - started, "windows": len(outcome.segments or []), "error": outcome.error,
             "rss_after_load_mb": rss_loaded, "peak_rss_mb": peak_rss_mb()}
 

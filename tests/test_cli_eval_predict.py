@@ -43,8 +43,8 @@ def model_dir(tones, tmp_path_factory) -> Path:
 
 def _truth_and_predictions(model_dir: Path, paths: list[str]) -> tuple[list[str], list[str]]:
     classifier = load_classifier(model_dir)
-    probabilities = classifier.probabilities([load_audio(p, classifier.sampling_rate) for p in paths])
-    return [Path(p).parent.name for p in paths], [classifier.labels[i] for i in probabilities.argmax(axis=1)]
+    scores = classifier.score_clips([load_audio(p, classifier.sampling_rate) for p in paths])
+    return [Path(p).parent.name for p in paths], [classifier.labels[s.probabilities.argmax()] for s in scores]
 
 
 def _evaluate(model_dir: Path, tones: Path, *extra: str) -> dict:
@@ -83,12 +83,15 @@ def test_evaluate_defaults_to_the_training_runs_test_clips(model_dir, tones):
     assert report["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"), abs=1e-12)
 
 
-def test_evaluate_report_dir_writes_the_three_files(model_dir, tones, tmp_path):
+def test_evaluate_report_dir_writes_the_four_files(model_dir, tones, tmp_path):
     report_dir = tmp_path / "report"
 
     report = _evaluate(model_dir, tones, "--split", "all", "--report-dir", str(report_dir))
 
-    assert sorted(p.name for p in report_dir.iterdir()) == ["confusion.png", "metrics.json", "misclassified.csv"]
+    assert sorted(p.name for p in report_dir.iterdir()) == ["confusion.png", "metrics.json", "misclassified.csv",
+                                                            "predictions.jsonl"]
+    clips = [json.loads(line) for line in (report_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(clips) == report["n"]
     assert json.loads((report_dir / "metrics.json").read_text()) == report
     image = imread(report_dir / "confusion.png")
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100

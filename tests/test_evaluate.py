@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from matplotlib.image import imread
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, log_loss
 
 from audioclf.errors import DataError, ModelError
 from audioclf.evaluate import _confusion_figure, build_report, format_report, plot_confusion, write_report
@@ -45,6 +45,7 @@ def test_every_number_matches_sklearn():
             assert value == expected[label]["f1-score" if key == "f1" else key], (label, key)
     assert report.per_class["siren"]["support"] == 0
     assert report.confusion == confusion_matrix(true_ids, y_pred, labels=range(5)).tolist()
+    assert report.loss == pytest.approx(log_loss(true_ids, probabilities, labels=range(5)), rel=1e-9)
 
 
 def test_macro_f1_skips_labels_neither_true_nor_predicted_but_per_class_lists_them():
@@ -133,9 +134,15 @@ def test_write_report_writes_files_that_read_back(tmp_path):
 
     written = write_report(report, tmp_path / "report")
 
-    assert set(written) == {"metrics", "confusion_plot", "misclassified"}
-    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["confusion.png", "metrics.json", "misclassified.csv"]
+    assert set(written) == {"metrics", "confusion_plot", "misclassified", "predictions"}
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["confusion.png", "metrics.json",
+                                                                       "misclassified.csv", "predictions.jsonl"]
     assert json.loads(written["metrics"].read_text()) == report.to_dict()
+    clips = [json.loads(line) for line in written["predictions"].read_text().splitlines()]
+    assert [(c["path"], c["label"]) for c in clips] == [(p, LABELS[t]) for p, t in zip(paths, true_ids)]
+    for clip, row in zip(clips, probabilities):
+        assert [p["label"] for p in clip["predictions"]] == [LABELS[j] for j in np.argsort(-row, kind="stable")]
+        np.testing.assert_array_equal(sorted(p["score"] for p in clip["predictions"]), np.sort(row))
 
     image = imread(written["confusion_plot"])
     assert image.shape[0] > 300 and image.shape[1] > 300
@@ -160,7 +167,7 @@ def test_write_report_replaces_an_earlier_report(tmp_path):
 
     assert json.loads(written["metrics"].read_text())["accuracy"] == 1.0
     assert written["misclassified"].read_text().splitlines()[1:] == []
-    assert len(list(tmp_path.iterdir())) == 3  # no temporary files left behind
+    assert len(list(tmp_path.iterdir())) == 4  # no temporary files left behind
 
 
 def test_confusion_plot_names_every_label_and_count_for_14_labels(tmp_path):

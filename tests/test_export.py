@@ -21,7 +21,8 @@ from audioclf import export
 from audioclf.cli import app
 from audioclf.errors import ModelError, OutputExistsError
 from audioclf.export import EXPORT_RECORD_FILE, export_onnx
-from audioclf.infer import NumpyFeatures, TorchBackend, load_classifier, mel_filters
+from audioclf.features import NumpyFeatures, mel_filters
+from audioclf.infer import TorchBackend, load_classifier
 from audioclf.model import build_model, fit_whisper_window
 from audioclf.testing import class_clip, write_clip
 
@@ -53,6 +54,10 @@ def _clips() -> list[np.ndarray]:
     return [class_clip(LABELS[i % 3], s, RATE, seed=300 + i) for i, s in enumerate(CLIP_SECONDS)]
 
 
+def _probabilities(classifier, clips) -> np.ndarray:
+    return np.stack([scores.probabilities for scores in classifier.score_clips(clips)])
+
+
 def test_onnx_backend_gives_torchs_scores(exported):
     model_dir, onnx_dir = exported
     ours = load_classifier(onnx_dir, batch_size=4)
@@ -60,13 +65,14 @@ def test_onnx_backend_gives_torchs_scores(exported):
 
     assert ours.backend.kind == "onnx" and reference.backend.kind == "torch"
     assert ours.labels == reference.labels == LABELS
-    assert ours.bundle.window_seconds == reference.bundle.window_seconds
+    assert ours.backend.window_seconds == reference.backend.window_seconds
+    assert ours.plan == reference.plan
     for batch in (_clips()[:1], _clips()[1:3], _clips()[4:] if ours.backend.fixed_window else _clips()[1:2]):
         expected = reference.backend.logits(batch)  # features by transformers, graph by torch
         assert np.ptp(expected) > 0.1  # logits that differ, so the comparison below means something
         np.testing.assert_allclose(ours.backend.logits(batch), expected, atol=1e-4)  # numpy features, ONNX graph
-    expected = reference.probabilities(_clips())
-    got = ours.probabilities(_clips())
+    expected = _probabilities(reference, _clips())
+    got = _probabilities(ours, _clips())
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert (got.argmax(1) == expected.argmax(1)).all()
 
@@ -124,8 +130,8 @@ def test_int8_export_quantizes_matrix_products_and_reports_agreement(tmp_path):
     assert f"int8 top-1 agreement with fp32: {record['agreement']:.1%} on 9 clips" in result.stdout
     ops = {node.op_type for node in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
     assert "MatMulInteger" in ops and "Conv" in ops and "ConvInteger" not in ops  # the front end stays float
-    quantized = load_classifier(tmp_path / "int8").probabilities(_clips())
-    reference = load_classifier(model_dir).probabilities(_clips())
+    quantized = _probabilities(load_classifier(tmp_path / "int8"), _clips())
+    reference = _probabilities(load_classifier(model_dir), _clips())
     np.testing.assert_allclose(quantized.sum(axis=1), 1, atol=1e-5)
     assert np.abs(quantized - reference).max() < 0.2
 

@@ -1,5 +1,5 @@
 """infer.py and the `predict` command: batched scores equal transformers' pipeline (arrays of mixed lengths, files at
-8 and 16 kHz, batch sizes 1 and many), long recordings are streamed and windowed and their timeline switches label
+8 and 16 kHz, batch sizes 1 and many), long recordings are streamed and windowed and their segments switch label
 where the audio does, batches never pad models that must not be padded, and bad inputs are reported per file."""
 
 from __future__ import annotations
@@ -17,13 +17,8 @@ from typer.testing import CliRunner
 from audioclf.audio import load_audio, stream_audio
 from audioclf.cli import app
 from audioclf.errors import AudioLoadError, ConfigError
-from audioclf.infer import (
-    DEFAULT_WINDOW_SECONDS,
-    load_classifier,
-    plan_batches,
-    stream_windows,
-    window_spans,
-)
+from audioclf.features import DEFAULT_WINDOW_SECONDS, stream_windows, window_spans
+from audioclf.infer import load_classifier, plan_batches
 from audioclf.testing import class_clip, save_tone_model, write_clip
 
 runner = CliRunner()
@@ -64,7 +59,7 @@ def test_arrays_of_mixed_lengths_match_the_pipeline(model_dir, batch_size):
     classifier = load_classifier(model_dir, batch_size=batch_size)
     clips = [class_clip(LABELS[i % 3], seconds, RATE, seed=100 + i) for i, seconds in enumerate(PARITY_SECONDS)]
 
-    probabilities = classifier.probabilities(clips)
+    probabilities = np.stack([scores.probabilities for scores in classifier.score_clips(clips)])
 
     assert probabilities.shape == (len(clips), len(LABELS))
     top = set()
@@ -155,38 +150,38 @@ def test_streamed_decode_equals_load_audio(tmp_path, rate, channels):
     np.testing.assert_array_equal(np.concatenate(blocks), load_audio(path, RATE))
 
 
-def test_timeline_switches_label_where_the_recording_does(wav2vec2_dir, tmp_path):
+def test_segments_switch_label_where_the_recording_does(wav2vec2_dir, tmp_path):
     switch_seconds, hop_seconds, window_seconds = 4.3, 0.25, 1.0
     recording = np.concatenate([class_clip("low", switch_seconds, 8000, seed=5), class_clip("high", 3.7, 8000, seed=6)])
     path = write_clip(tmp_path / "long.wav", recording, 8000)
     classifier = load_classifier(wav2vec2_dir, window_seconds=window_seconds, hop_seconds=hop_seconds)
 
-    (outcome,) = classifier.classify_files([str(path)], top_k_labels=1, timeline=True)
+    (outcome,) = classifier.classify_files([str(path)], top_k_labels=1, segments=True)
 
     segments = outcome.segments
-    assert segments[0]["start"] == 0.0 and segments[-1]["end"] == pytest.approx(8.0)
-    assert all(s["end"] - s["start"] == pytest.approx(window_seconds) for s in segments)
+    assert segments[0]["start_seconds"] == 0.0 and segments[-1]["end_seconds"] == pytest.approx(8.0)
+    assert all(s["end_seconds"] - s["start_seconds"] == pytest.approx(window_seconds) for s in segments)
     labels = [s["predictions"][0]["label"] for s in segments]
     for segment, label in zip(segments, labels):
-        if segment["end"] <= switch_seconds:
+        if segment["end_seconds"] <= switch_seconds:
             assert label == "low", segment
-        if segment["start"] >= switch_seconds:
+        if segment["start_seconds"] >= switch_seconds:
             assert label == "high", segment
     first_high = segments[labels.index("high")]
-    assert abs((first_high["start"] + first_high["end"]) / 2 - switch_seconds) <= hop_seconds
+    assert abs((first_high["start_seconds"] + first_high["end_seconds"]) / 2 - switch_seconds) <= hop_seconds
     # the recording's answer is the mean of its windows' probabilities
     assert outcome.predictions[0]["label"] == "low"  # 4.3 s of low against 3.7 s of high
     assert outcome.predictions == classifier.classify(str(path), top_k_labels=1)
-    assert classifier.timeline(load_audio(path, RATE), top_k_labels=1) == segments
+    assert classifier.segments(load_audio(path, RATE), top_k_labels=1) == segments
 
 
 def test_short_clip_is_one_segment_of_the_pipelines_answer(wav2vec2_dir, tmp_path):
     path = write_clip(tmp_path / "short.wav", class_clip("high", 0.7, RATE, seed=1), RATE)
     classifier = load_classifier(wav2vec2_dir)
 
-    (outcome,) = classifier.classify_files([str(path)], top_k_labels=2, timeline=True)
+    (outcome,) = classifier.classify_files([str(path)], top_k_labels=2, segments=True)
 
-    assert outcome.segments == [{"start": 0.0, "end": 0.7, "predictions": outcome.predictions}]
+    assert outcome.segments == [{"start_seconds": 0.0, "end_seconds": 0.7, "predictions": outcome.predictions}]
 
 
 def test_window_defaults_and_limits(wav2vec2_dir, tmp_path):
@@ -246,8 +241,8 @@ def clip_tree(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def test_predict_reads_folders_and_stdin_writes_csv_and_timeline(wav2vec2_dir, clip_tree):
-    result = runner.invoke(app, ["predict", str(wav2vec2_dir), "clips", "-", "--json", "--timeline", "--top-k", "1",
+def test_predict_reads_folders_and_stdin_writes_csv_and_segments(wav2vec2_dir, clip_tree):
+    result = runner.invoke(app, ["predict", str(wav2vec2_dir), "clips", "-", "--json", "--segments", "--top-k", "1",
                                  "--csv", "out.csv", "--window-seconds", "1", "--hop-seconds", "0.5",
                                  "--batch-size", "2", "--threads", "1", "--backend", "torch"],
                            input="clips/low/take/low.wav\nclips/missing.wav\n\n")
@@ -260,8 +255,8 @@ def test_predict_reads_folders_and_stdin_writes_csv_and_timeline(wav2vec2_dir, c
     assert [row["predictions"][0]["label"] for row in rows[:5] if row["path"] != "clips/long.flac"] == \
         ["high", "low", "noise", "low"]
     long_row = rows[1]
-    assert [(s["start"], s["end"]) for s in long_row["segments"]] == [(0.0, 1.0), (0.5, 1.5), (1.0, 2.0), (1.5, 2.5),
-                                                                      (2.0, 3.0)]
+    assert [(s["start_seconds"], s["end_seconds"]) for s in long_row["segments"]] == \
+        [(0.0, 1.0), (0.5, 1.5), (1.0, 2.0), (1.5, 2.5), (2.0, 3.0)]
     assert long_row["segments"][0]["predictions"][0]["label"] == "low"
     assert long_row["segments"][-1]["predictions"][0]["label"] == "high"
     assert set(rows[5]) == {"path", "error"}
@@ -270,6 +265,10 @@ def test_predict_reads_folders_and_stdin_writes_csv_and_timeline(wav2vec2_dir, c
     assert csv_lines[1].startswith("clips/high/take/high.wav,high,0.")
     assert csv_lines[6] == "clips/missing.wav,,,file not found"
     assert not list(Path().glob(".out.csv.*"))  # the temporary file was renamed
+    # --timeline, the option's earlier name, is the same option
+    alias = runner.invoke(app, ["predict", str(wav2vec2_dir), "clips/long.flac", "--json", "--timeline", "--top-k", "1",
+                                "--window-seconds", "1", "--hop-seconds", "0.5"])
+    assert json.loads(alias.stdout)["segments"] == long_row["segments"]
 
 
 def test_predict_fails_only_when_nothing_was_classified(wav2vec2_dir, clip_tree):

@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from audioclf.errors import ConfigError
-from audioclf.infer import Classifier, load_classifier, top_k, window_spans
-from audioclf.serve import ServeSettings, create_app, sliding_windows, window_seconds_of
+from audioclf.infer import Classifier, load_classifier, top_k
+from audioclf.serve import ServeSettings, create_app
 from audioclf.testing import class_clip, save_tone_model
 
 LABELS = ["low", "high", "noise"]
@@ -67,7 +67,7 @@ def client(classifier):
 
 
 def expected(classifier, samples: np.ndarray, k: int) -> list[dict]:
-    return top_k(classifier.probabilities([samples])[0], dict(enumerate(LABELS)), k)
+    return classifier.classify(samples, k)
 
 
 def assert_same_predictions(got: list[dict], want: list[dict]) -> None:
@@ -104,8 +104,8 @@ def test_classify_multipart_matches_the_classifier(client, classifier):
     assert body["model"] == "tiny-tones"
     assert body["duration_seconds"] == pytest.approx(1.0)
     assert body["predictions"][0]["label"] == "high"
-    decoded = classifier.probabilities([sf.read(io.BytesIO(wav_bytes(samples)), dtype="float32")[0]])[0]
-    assert_same_predictions(body["predictions"], top_k(decoded, dict(enumerate(LABELS)), 3))
+    decoded = sf.read(io.BytesIO(wav_bytes(samples)), dtype="float32")[0]
+    assert_same_predictions(body["predictions"], expected(classifier, decoded, 3))
 
 
 def test_classify_raw_body_resamples_and_reports_duration(client, classifier):
@@ -144,7 +144,7 @@ def test_segments_are_half_overlapping_windows_and_their_mean(client, classifier
     assert spans == pytest.approx([(0.0, 1.0), (0.5, 1.5), (1.0, 2.0), (1.2, 2.2)])
     decoded = sf.read(io.BytesIO(wav_bytes(samples)), dtype="float32")[0]
     windows = [decoded[int(a * RATE) : round(b * RATE)] for a, b in spans]
-    scores = classifier.probabilities(windows)
+    scores = classifier.window_probabilities(windows)
     for segment, row in zip(body["segments"], scores):
         assert_same_predictions(segment["predictions"], top_k(row, dict(enumerate(LABELS)), 3))
     assert body["segments"][0]["predictions"][0]["label"] == "low"
@@ -152,19 +152,28 @@ def test_segments_are_half_overlapping_windows_and_their_mean(client, classifier
     assert_same_predictions(body["predictions"], top_k(scores.mean(axis=0), dict(enumerate(LABELS)), 3))
 
 
-def test_segments_are_left_out_for_clips_within_one_window(client):
+def test_a_clip_within_one_window_is_one_segment(client):
     body = client.post("/v1/classify?segments=true", content=wav_bytes(clip("low", 0.8))).json()
-    assert "segments" not in body and body["predictions"]
+    assert body["segments"] == [{"start_seconds": 0.0, "end_seconds": pytest.approx(0.8),
+                                 "predictions": body["predictions"]}]
 
 
-def test_window_spans_cover_the_clip_with_half_window_hops():
-    assert window_spans(100, 100, 50) == [(0, 100)]
-    assert window_spans(60, 100, 50) == [(0, 60)]
-    assert window_spans(200, 100, 50) == [(0, 100), (50, 150), (100, 200)]
-    assert window_spans(220, 100, 50) == [(0, 100), (50, 150), (100, 200), (120, 220)]
-    spans, clips = sliding_windows(np.arange(25, dtype=np.float32), 10, 1.0)
-    assert spans == [(0, 10), (5, 15), (10, 20), (15, 25)]
-    assert [c[0] for c in clips] == [0, 5, 10, 15] and all(len(c) == 10 for c in clips)
+def test_long_audio_is_scored_in_windows_without_asking_for_segments(client, classifier):
+    """The default answer is the mean of every window, as predict gives it, not the first window's."""
+    samples = np.concatenate([clip("low", 1.0, seed=9), clip("high", 3.0, seed=10)])  # mostly high, low at the start
+    body = client.post("/v1/classify", content=wav_bytes(samples)).json()
+    assert "segments" not in body
+    assert body["predictions"][0]["label"] == "high"
+    assert classifier.classify(samples[:RATE], 1)[0]["label"] == "low"  # what a first-window answer would say
+    decoded = sf.read(io.BytesIO(wav_bytes(samples)), dtype="float32")[0]
+    assert_same_predictions(body["predictions"], expected(classifier, decoded, 3))
+
+
+@pytest.mark.parametrize("query, words", [("timeline=true", ["'timeline'", "is called 'segments'"]),
+                                          ("segment=1", ["'segment'", "top_k, segments"])])
+def test_unknown_query_parameters_are_422_naming_the_right_one(client, query, words):
+    response = client.post(f"/v1/classify?{query}", content=wav_bytes(clip("low")))
+    assert_error(response, 422, "invalid_parameter", *words)
 
 
 # --- bad uploads --------------------------------------------------------------------------------
@@ -376,14 +385,14 @@ class Recording:
     def sampling_rate(self):
         return self.inner.sampling_rate
 
-    def probabilities(self, clips):
+    def window_probabilities(self, clips):
         self.batch_sizes.append(len(clips))
         if self.hold:
             self.entered.set()
             assert self.release.wait(30)
         if self.fail_when is not None and any(self.fail_when(c) for c in clips):
             raise RuntimeError("boom")
-        return self.inner.probabilities(clips)
+        return self.inner.window_probabilities(clips)
 
 
 def post_in_threads(client, bodies: list[bytes]) -> tuple[list, list[threading.Thread]]:
@@ -539,10 +548,11 @@ def test_warm_up_is_a_full_batch_of_window_long_clips_before_ready(classifier):
     """The largest batch's buffers exist before /readyz says ready, so load does not grow memory later."""
     recording = Recording(classifier)
     lengths: list[list[int]] = []
-    inner_probabilities = recording.probabilities
-    recording.probabilities = lambda clips: (lengths.append([len(c) for c in clips]), inner_probabilities(clips))[1]
+    inner_probabilities = recording.window_probabilities
+    recording.window_probabilities = lambda clips: (lengths.append([len(c) for c in clips]),
+                                                    inner_probabilities(clips))[1]
     with running(recording, max_batch=3):
         assert recording.batch_sizes == [3]  # only the warm-up has run
-    window_samples = int(window_seconds_of(classifier) * RATE)
+    window_samples = classifier.plan.window_samples
     assert window_samples == RATE  # the tiny tone model's 1 s window
     assert lengths[0] == [window_samples] * 3

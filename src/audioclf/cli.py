@@ -11,7 +11,8 @@ from pathlib import Path
 import typer
 import typer.core
 
-from audioclf.config import DataSpec, ModelOptions, TrainOptions, option_help
+from audioclf.config import (SEGMENTS_ALIASES, SEGMENTS_HELP, SEGMENTS_OPTION, DataSpec, ModelOptions, TrainOptions,
+                             option_help)
 from audioclf.errors import AudioclfError, ConfigError
 
 EXIT_ERROR = 1  # a domain error: bad input, missing file, unusable data or model
@@ -414,11 +415,11 @@ def predict_command(
     model_dir: Path = typer.Argument(..., help="A trained model directory (or Hub id), or a directory written by `audioclf export onnx`."),
     files: list[str] | None = typer.Argument(None, help="Audio files, folders (searched recursively for audio files), or - to read paths from standard input, one per line. Leave out with --input."),
     top_k: int = typer.Option(5, "--top-k", min=1, help="How many labels to list per file."),
-    as_json: bool = typer.Option(False, "--json", help='One JSON object per line: {"path", "predictions": [{"label", "score"}]} (plus "segments" with --timeline) or {"path", "error"}.'),
+    as_json: bool = typer.Option(False, "--json", help='One JSON object per line: {"path", "predictions": [{"label", "score"}]} (plus "segments" with --segments) or {"path", "error"}.'),
     csv_out: Path | None = typer.Option(None, "--csv", help="Also write path,label,score,error rows (the top label per file) to this CSV file; it appears only when the run is complete."),
     window_seconds: float | None = typer.Option(None, "--window-seconds", help="Sliding window for recordings longer than it; default: the model's fixed window (Whisper), else the longer of 10 s and the training window."),
     hop_seconds: float | None = typer.Option(None, "--hop-seconds", help="Step between sliding windows; default: half a window."),
-    timeline: bool = typer.Option(False, "--timeline", help="Also give per-window predictions: {\"start\", \"end\", \"predictions\"} segments, in seconds."),
+    segments: bool = typer.Option(False, f"--{SEGMENTS_OPTION}", *(f"--{alias}" for alias in SEGMENTS_ALIASES), help=SEGMENTS_HELP),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the model; default: one per core (with --ray: per actor, default 1)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Most clips (or windows) run through the model together."),
     backend: str | None = typer.Option(None, "--backend", help="torch or onnx; default: onnx where MODEL_DIR holds model.onnx, else torch."),
@@ -439,7 +440,7 @@ def predict_command(
     if output is not None or input_ is not None or use_ray:
         _predict_to_output(model_dir, files or [], input_, audio_column, output, output_format, overwrite, use_ray,
                            ray_address, concurrency, top_k, threads, quiet,
-                           printed_only={"--json": as_json, "--csv": csv_out is not None, "--timeline": timeline},
+                           printed_only={"--json": as_json, "--csv": csv_out is not None, f"--{SEGMENTS_OPTION}": segments},
                            batch_size=batch_size, backend=backend, window_seconds=window_seconds,
                            hop_seconds=hop_seconds)
         return
@@ -465,7 +466,7 @@ def predict_command(
     classified = 0
     bar = tqdm(total=len(paths), unit="file", file=sys.stderr, disable=quiet or not sys.stderr.isatty())
     try:
-        for outcome in classifier.classify_files(paths, top_k, timeline=timeline):
+        for outcome in classifier.classify_files(paths, top_k, segments=segments):
             bar.update()
             if csv_file is not None:
                 csv_file.write(outcome)
@@ -478,13 +479,14 @@ def predict_command(
             classified += 1
             if as_json:
                 row = {"path": outcome.source, "predictions": outcome.predictions}
-                if timeline:
+                if segments:
                     row["segments"] = outcome.segments
                 typer.echo(json.dumps(row))
             else:
                 typer.echo(f"{outcome.source}: {_ranked(outcome.predictions)}")
                 for segment in outcome.segments or ():
-                    typer.echo(f"  {segment['start']:.2f}-{segment['end']:.2f} s: {_ranked(segment['predictions'])}")
+                    typer.echo(f"  {segment['start_seconds']:.2f}-{segment['end_seconds']:.2f} s: "
+                               f"{_ranked(segment['predictions'])}")
     except BaseException:
         if csv_file is not None:
             csv_file.close(keep=False)

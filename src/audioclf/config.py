@@ -14,6 +14,12 @@ from audioclf.errors import ConfigError
 
 CROPS = ("random", "center", "start")
 MODES = ("full", "probe")
+# The per-window option has this one name on the CLI (--segments), the HTTP API (?segments=true) and the web page;
+# the CLI also takes --timeline, its earlier name, and the API answers a 422 naming `segments` for it.
+SEGMENTS_OPTION = "segments"
+SEGMENTS_ALIASES = ("timeline",)
+SEGMENTS_HELP = ("Also give per-window predictions: segments of {start_seconds, end_seconds, predictions}, one per "
+                 "window (one for audio no longer than the window); the predictions are always their mean.")
 
 
 def option_help(cls, name: str) -> str:

@@ -1,8 +1,9 @@
 """Scores a classifier's predictions against the true labels and writes the evaluation report.
 
-Pure functions on arrays: running the model is not this module's job. `build_report` turns true label ids and the
-model's class probabilities into an `EvalReport`; `write_report` writes it as metrics.json, confusion.png and
-misclassified.csv, each via a temporary file and a rename so a reader never sees half a file.
+`build_report` turns true label ids and the model's class probabilities into an `EvalReport` (pure functions on
+arrays); `write_report` writes it as metrics.json, confusion.png, misclassified.csv and predictions.jsonl, each via a
+temporary file and a rename so a reader never sees half a file. `evaluate_clips` gets the probabilities from
+`Classifier.score_clips`, the scoring every other door uses, so a long clip's label here is the one `predict` gives.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -28,6 +29,7 @@ TOP_K = 3  # alternatives listed for each misclassified clip
 METRICS_FILE = "metrics.json"
 CONFUSION_PLOT_FILE = "confusion.png"
 MISCLASSIFIED_FILE = "misclassified.csv"
+PREDICTIONS_FILE = "predictions.jsonl"  # one line per clip: path, true label, every label's score (predict's shape)
 CONFUSION_PLOT_DPI = 120
 
 
@@ -35,22 +37,26 @@ CONFUSION_PLOT_DPI = 120
 class EvalReport:
     """How a classifier did on n labelled clips.
 
-    per_class maps every label, including those absent from the data (support 0), to its precision, recall, f1 and
-    support. confusion[i][j] counts clips of labels[i] predicted as labels[j]. misclassified lists the wrong clips in
-    input order, each with its TOP_K highest-scoring labels, best first.
+    loss is the mean cross-entropy of the true labels under the scores. per_class maps every label, including those
+    absent from the data (support 0), to its precision, recall, f1 and support. confusion[i][j] counts clips of
+    labels[i] predicted as labels[j]. misclassified lists the wrong clips in input order, each with its TOP_K
+    highest-scoring labels, best first. clips holds every clip's `{"path", "label", "predictions"}` (all labels,
+    highest first), written as predictions.jsonl but left out of to_dict.
     """
 
     accuracy: float
     macro_f1: float
     n: int
+    loss: float
     labels: list[str]
     per_class: dict[str, dict]
     confusion: list[list[int]]
     misclassified: list[dict]
+    clips: list[dict] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
-        """Every field as plain JSON types, in declaration order (accuracy, macro_f1, n first)."""
-        return asdict(self)
+        """Every field but clips as plain JSON types, in declaration order (accuracy, macro_f1, n first)."""
+        return {key: value for key, value in asdict(self).items() if key != "clips"}
 
     def worst_confusions(self, k: int = 5) -> list[tuple[str, str, int]]:
         """The k most frequent (true label, predicted label, count) mistakes, largest first; ties in label order."""
@@ -122,21 +128,29 @@ def build_report(
         }
         for i in np.flatnonzero(y_pred != y_true)
     ]
+    everything = np.argsort(-scores, axis=1, kind="stable")
+    clips = [{"path": str(paths[i]), "label": labels[y_true[i]],
+              "predictions": [{"label": labels[j], "score": float(scores[i, j])} for j in everything[i]]}
+             for i in range(n)]
+    true_scores = scores[np.arange(n), y_true]
     return EvalReport(
         accuracy=float(np.mean(y_pred == y_true)),
         macro_f1=float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         n=n,
+        loss=float(-np.log(np.maximum(true_scores, np.finfo(np.float64).tiny)).mean()),
         labels=labels,
         per_class=per_class,
         confusion=confusion_matrix(y_true, y_pred, labels=label_ids).tolist(),
         misclassified=misclassified,
+        clips=clips,
     )
 
 
 def write_report(report: EvalReport, report_dir: Path) -> dict[str, Path]:
-    """Write metrics.json (the whole report), confusion.png and misclassified.csv into report_dir.
+    """Write metrics.json (the report but its clips), confusion.png, misclassified.csv and predictions.jsonl (the
+    clips) into report_dir.
 
-    Returns {"metrics", "confusion_plot", "misclassified"} -> the path written.
+    Returns {"metrics", "confusion_plot", "misclassified", "predictions"} -> the path written.
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +162,8 @@ def write_report(report: EvalReport, report_dir: Path) -> dict[str, Path]:
         "misclassified": report_dir / MISCLASSIFIED_FILE,
     }
     _write_atomically(written["misclassified"], lambda f: f.write(_misclassified_csv(report).encode()))
+    written["predictions"] = report_dir / PREDICTIONS_FILE
+    _write_atomically(written["predictions"], lambda f: f.write("".join(json.dumps(c) + "\n" for c in report.clips).encode()))
     return written
 
 
@@ -234,7 +250,8 @@ def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
 
 
 def evaluate_clips(classifier, clips, dataset, progress: bool = True, chunk: int = 64) -> EvalReport:
-    """Run `classifier` (an infer.Classifier) over one split of a ClipSet and score it.
+    """Score `classifier` (an infer.Classifier) on one split of a ClipSet: each clip as `Classifier.score_clips`
+    scores it (long clips in windows, their probabilities averaged), then `build_report`.
 
     The model's label set decides: a clip whose label the model does not know is a DataError naming them.
     Clips are decoded a chunk at a time, never all at once.
@@ -256,9 +273,9 @@ def evaluate_clips(classifier, clips, dataset, progress: bool = True, chunk: int
     for start in range(0, len(rows), chunk):
         batch = rows[start : start + chunk]
         samples = [clip_samples(audio, classifier.sampling_rate) for audio in batch["audio"]]
-        parts.append(classifier.probabilities(samples))
+        parts += [scores.probabilities for scores in classifier.score_clips(samples)]
         true_ids += [model_ids[clips.labels[i]] for i in batch["label"]]
         paths += [audio.get("path") or f"row {start + k}" for k, audio in enumerate(batch["audio"])]
         bar.update(len(samples))
     bar.close()
-    return build_report(classifier.labels, true_ids, np.concatenate(parts), paths)
+    return build_report(classifier.labels, true_ids, np.stack(parts) if parts else np.zeros((0, len(model_ids))), paths)

@@ -259,12 +259,13 @@ def onnx_scope(module: str) -> str:
 
 
 def top1_agreement(reference: Classifier, candidate: Classifier, clips: Sequence[np.ndarray]) -> float:
-    """Share of clips on which both classifiers' most likely label is the same."""
+    """Share of clips on which both classifiers' most likely label is the same, each clip scored as every door
+    scores it (Classifier.score_clips: in windows where it is longer than one)."""
     if not clips:
         return float("nan")
-    ours = candidate.probabilities(clips).argmax(axis=1)
-    theirs = reference.probabilities(clips).argmax(axis=1)
-    return float(np.mean(ours == theirs))
+    ours = [scores.probabilities.argmax() for scores in candidate.score_clips(clips)]
+    theirs = [scores.probabilities.argmax() for scores in reference.score_clips(clips)]
+    return float(np.mean(np.equal(ours, theirs)))
 
 
 def synthetic_clips(sampling_rate: int, count: int = SYNTHETIC_CLIPS, seconds: Sequence[float] = SYNTHETIC_SECONDS,

@@ -1,25 +1,164 @@
-"""Features: cut clips to the model's window and turn batches of samples into model inputs.
+"""Features: the windows a clip is cut into, and the model inputs made of a batch of windows.
 
-Decoding is lazy: a dataset transform decodes and crops each row when the data loader asks for it, and the
-collator runs the model's own feature extractor on the batch. Nothing holds the whole corpus in RAM.
+One module owns every number of a clip's geometry: Whisper's fixed frames and window, the window and hop that
+inference cuts long recordings into (`WindowPlan`), training's crops, and the two featurizers, torch
+(`BatchFeaturizer`, the model's own transformers feature extractor, for training and the torch backend) and numpy
+(`NumpyFeatures`, for the ONNX backend, equal to transformers' extractors). torch is imported only where a torch
+tensor is made, so the ONNX backend runs without it.
+
+Training decodes lazily: a dataset transform decodes and crops each row when the data loader asks for it, and the
+collator runs the featurizer on the batch. Nothing holds the whole corpus in RAM.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soxr
-import torch
 
 from audioclf.config import CROPS
+from audioclf.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+# --- Whisper's geometry: what its feature extractor and encoder fix, each number once --------------------------
+WHISPER_SAMPLING_RATE = 16_000  # Hz; every Whisper model hears 16 kHz audio
+WHISPER_N_FFT = 400  # samples per STFT window: 25 ms at 16 kHz
+WHISPER_HOP_SAMPLES = 160  # samples between log-mel frames: 10 ms at 16 kHz, so 100 frames per second
+WHISPER_MEL_FRAMES_PER_SECOND = WHISPER_SAMPLING_RATE // WHISPER_HOP_SAMPLES  # 100
+WHISPER_FRAMES_PER_POSITION = 2  # conv2 has stride 2: two log-mel frames per encoder position
+WHISPER_POSITIONS_PER_SECOND = WHISPER_MEL_FRAMES_PER_SECOND // WHISPER_FRAMES_PER_POSITION  # 50
+WHISPER_MAX_WINDOW_SECONDS = 30  # the released models' chunk_length: 1500 positions, the longest window there is
+WHISPER_MEL_MAX_HERTZ = 8_000.0  # top of the mel filter bank: half of 16 kHz
+WHISPER_LOG_MEL_RANGE = 8.0  # log10 units kept below each clip's loudest frame (Whisper's dynamic range floor)
+
+# --- inference windows ----------------------------------------------------------------------------------------
+# Models without a fixed input window (the wav2vec2 family, AST) see recordings up to this long whole, as the
+# pipeline does; longer ones are cut into windows, so attention cost and memory stay bounded. A model trained on
+# longer windows keeps its training window (see inference_window_seconds).
+DEFAULT_WINDOW_SECONDS = 10.0
+DEFAULT_HOP_FRACTION = 0.5  # default hop: half a window, so every moment of a long recording is seen by two windows
 
 CLIP_INDEX_COLUMN = "clip_index"  # a training split's row numbers: what names a clip for its random draws
 SPEED_RATE_HZ = 16_000  # nominal rate for speed changes; only the ratio to round(rate * factor) matters
-TIME_MASK_FRAMES = 20  # SpecAugment time mask: 20 log-mel frames, 0.2 s at Whisper's 100 frames per second
+TIME_MASK_FRAMES = 20  # SpecAugment time mask: 20 log-mel frames, 0.2 s at WHISPER_MEL_FRAMES_PER_SECOND
 FREQUENCY_MASKS = 2  # SpecAugment frequency masks per clip, each over FREQUENCY_MASK_BINS mel bins
 FREQUENCY_MASK_BINS = 10  # of Whisper's 80
+
+
+def whisper_window_seconds(max_source_positions: int) -> float:
+    """The fixed input window of a Whisper encoder with this many positions (1500 -> 30 s)."""
+    return max_source_positions / WHISPER_POSITIONS_PER_SECOND
+
+
+def whisper_positions(window_seconds: int) -> int:
+    """Encoder positions of a Whisper window of whole seconds (30 -> 1500)."""
+    return int(window_seconds) * WHISPER_POSITIONS_PER_SECOND
+
+
+def inference_window_seconds(fixed_seconds: float | None, trained_seconds: float | None = None) -> float:
+    """The window inference cuts recordings into, by default: the model's fixed window (Whisper), else
+    DEFAULT_WINDOW_SECONDS, or the training window where that is longer. The one default every door uses."""
+    if fixed_seconds is not None:
+        return float(fixed_seconds)
+    return max(DEFAULT_WINDOW_SECONDS, float(trained_seconds or 0.0))
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How a recording is cut into the windows a model scores: `window_samples` long, `hop_samples` apart, at
+    `sampling_rate`. A recording no longer than one window is one window, itself (the pipeline's input); a longer
+    one gets windows hop apart, the last ending at its end, so the tail is covered."""
+
+    window_samples: int
+    hop_samples: int
+    sampling_rate: int
+
+    @classmethod
+    def resolve(cls, sampling_rate: int, fixed_seconds: float | None, window_seconds: float | None = None,
+                hop_seconds: float | None = None, trained_seconds: float | None = None) -> WindowPlan:
+        """The plan for a model: its fixed window (Whisper; asking for another is an error) or `window_seconds`,
+        else inference_window_seconds; the hop as asked, else DEFAULT_HOP_FRACTION of the window."""
+        if fixed_seconds is not None and window_seconds is not None and not math.isclose(window_seconds, fixed_seconds):
+            raise ConfigError(f"--window-seconds {window_seconds:g}: this model's input window is fixed at "
+                              f"{fixed_seconds:g} s (leave the flag out)")
+        window = float(window_seconds) if window_seconds is not None else inference_window_seconds(fixed_seconds,
+                                                                                                    trained_seconds)
+        if not window > 0:
+            raise ConfigError(f"--window-seconds {window:g}: must be positive")
+        hop = float(hop_seconds) if hop_seconds is not None else window * DEFAULT_HOP_FRACTION
+        if not 0 < hop <= window:
+            raise ConfigError(f"--hop-seconds {hop:g}: must be positive and at most the window ({window:g} s)")
+        return cls(max(1, round(window * sampling_rate)), max(1, round(hop * sampling_rate)), int(sampling_rate))
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_samples / self.sampling_rate
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.hop_samples / self.sampling_rate
+
+    def spans(self, n_samples: int) -> list[tuple[int, int]]:
+        """(start, end) sample spans of the windows of a recording of n_samples."""
+        return window_spans(n_samples, self.window_samples, self.hop_samples)
+
+    def cut(self, samples: np.ndarray) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
+        """The spans of a recording held in memory, and the windows themselves (views, not copies)."""
+        spans = self.spans(len(samples))
+        return spans, [samples[start:end] for start, end in spans]
+
+    def stream(self, blocks: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, samples) of the same windows, cut from a stream of blocks while it is read."""
+        return stream_windows(blocks, self.window_samples, self.hop_samples)
+
+
+def window_spans(n_samples: int, window: int, hop: int) -> list[tuple[int, int]]:
+    """(start, end) sample spans of windows hopping over a clip; the last ends at the clip's end, so the tail is
+    covered. A clip no longer than one window is one span: itself."""
+    if n_samples <= window:
+        return [(0, n_samples)]
+    starts = list(range(0, n_samples - window + 1, hop))
+    if starts[-1] + window < n_samples:
+        starts.append(n_samples - window)
+    return [(start, start + window) for start in starts]
+
+
+def stream_windows(blocks: Iterable[np.ndarray], window: int, hop: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, samples) of the windows `window_spans` gives, cut from a stream of blocks while it is read; only
+    about one window of samples is held at a time."""
+    buffer = np.zeros(0, dtype=np.float32)
+    buffer_start = 0  # sample index of buffer[0] in the recording
+    next_start = 0
+    last_end = 0
+    total = 0
+    for block in blocks:
+        buffer = np.concatenate([buffer, block])
+        total += len(block)
+        while next_start + window <= total:
+            offset = next_start - buffer_start
+            yield next_start, buffer[offset : offset + window].copy()
+            last_end = next_start + window
+            next_start += hop
+        # keep what the next window, or the final window ending at the end, may still need
+        keep_from = max(buffer_start, min(next_start, total - window))
+        buffer = buffer[keep_from - buffer_start :]
+        buffer_start = keep_from
+    if total == 0:
+        return
+    if last_end == 0:  # shorter than one window: the whole recording
+        yield 0, buffer
+    elif last_end < total:
+        yield total - window, buffer[len(buffer) - window :].copy()
+
+
+# --- training crops -------------------------------------------------------------------------------------------
 
 
 def window_samples(seconds: float, sampling_rate: int) -> int:
@@ -126,6 +265,107 @@ class BatchFeaturizer:
         return {key: value for key, value in inputs.items() if key != "attention_mask" or self.uses_attention_mask}
 
 
+# --- numpy features (the ONNX backend's; equal to transformers' extractors, see tests/test_export.py) ---------------
+
+
+class NumpyFeatures:
+    """Model inputs from clips, as numpy arrays, from a saved `preprocessor_config.json`.
+
+    Whisper: clips padded or cut to the window, then the log-mel spectrogram (periodic Hann STFT, Slaney mel filters,
+    log10, floor at max - WHISPER_LOG_MEL_RANGE, scaled by (x + 4) / 4). wav2vec2 family: each clip normalised to zero mean and unit
+    variance, then zero-padded to the longest, with an attention mask for models that take one.
+    """
+
+    def __init__(self, preprocessor: dict, model_type: str, uses_attention_mask: bool):
+        self.model_type = model_type
+        self.uses_attention_mask = uses_attention_mask
+        self.sampling_rate = int(preprocessor.get("sampling_rate", WHISPER_SAMPLING_RATE))
+        self.padding_value = float(preprocessor.get("padding_value", 0.0))
+        self.do_normalize = bool(preprocessor.get("do_normalize", False))
+        if model_type == "whisper":
+            self.n_fft = int(preprocessor.get("n_fft", WHISPER_N_FFT))
+            self.hop_length = int(preprocessor.get("hop_length", WHISPER_HOP_SAMPLES))
+            self.n_samples = int(preprocessor.get("chunk_length", WHISPER_MAX_WINDOW_SECONDS)) * self.sampling_rate
+            self.mel_filters = mel_filters(self.n_fft, int(preprocessor["feature_size"]), self.sampling_rate)
+            self.window = hann_window(self.n_fft)
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController()
+
+    def __call__(self, clips: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        if self.model_type == "whisper":
+            # one thread for numpy's BLAS: its threads would fight the model's for the same cores
+            with self._blas.limit(limits=1, user_api="blas"):
+                return {"input_features": self.log_mel(clips)}
+        values = [normalize(clip) if self.do_normalize else np.asarray(clip, dtype=np.float32) for clip in clips]
+        longest = max(len(v) for v in values)
+        batch = np.full((len(values), longest), self.padding_value, dtype=np.float32)
+        mask = np.zeros((len(values), longest), dtype=np.int64)
+        for i, v in enumerate(values):
+            batch[i, : len(v)] = v
+            mask[i, : len(v)] = 1
+        inputs = {"input_values": batch}
+        if self.uses_attention_mask:
+            inputs["attention_mask"] = mask
+        return inputs
+
+    def log_mel(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """(clips, n_mels, frames) log-mel features of clips padded or cut to the window."""
+        samples = np.full((len(clips), self.n_samples), self.padding_value, dtype=np.float64)
+        for i, clip in enumerate(clips):
+            length = min(len(clip), self.n_samples)
+            samples[i, :length] = clip[:length]
+        edge = self.n_fft // 2
+        padded = np.pad(samples, ((0, 0), (edge, edge)), mode="reflect")  # torch.stft(center=True)
+        frames = np.lib.stride_tricks.sliding_window_view(padded, self.n_fft, axis=-1)[:, :: self.hop_length]
+        power = np.abs(np.fft.rfft(frames * self.window, axis=-1)) ** 2
+        power = power[:, :-1]  # the last frame is dropped, as Whisper does
+        mel = (power.reshape(-1, power.shape[-1]) @ self.mel_filters).reshape(len(clips), power.shape[1], -1)
+        log_spec = np.log10(np.maximum(mel, 1e-10))
+        log_spec = np.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - WHISPER_LOG_MEL_RANGE)  # per clip
+        return ((log_spec + 4.0) / 4.0).transpose(0, 2, 1).astype(np.float32)
+
+
+def normalize(clip: np.ndarray) -> np.ndarray:
+    """Zero mean and unit variance, computed in float32 exactly as Wav2Vec2FeatureExtractor does."""
+    clip = np.asarray(clip, dtype=np.float32)
+    return (clip - clip.mean()) / np.sqrt(clip.var() + 1e-7)
+
+
+def hann_window(length: int) -> np.ndarray:
+    """The periodic Hann window torch.hann_window gives."""
+    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)
+
+
+def _hertz_to_mel(hertz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
+    hertz = np.asarray(hertz, dtype=np.float64)
+    mels = 3.0 * hertz / 200.0
+    log_region = hertz >= 1000.0
+    mels[log_region] = 15.0 + np.log(hertz[log_region] / 1000.0) * (27.0 / np.log(6.4))
+    return mels
+
+
+def _mel_to_hertz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    hertz = 200.0 * mels / 3.0
+    log_region = mels >= 15.0
+    hertz[log_region] = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mels[log_region] - 15.0))
+    return hertz
+
+
+def mel_filters(n_fft: int, n_mels: int, sampling_rate: int, max_hertz: float = WHISPER_MEL_MAX_HERTZ) -> np.ndarray:
+    """Slaney-normalised triangular mel filters, shape (n_fft // 2 + 1, n_mels), as Whisper's extractor builds them."""
+    fft_hertz = np.linspace(0, sampling_rate // 2, n_fft // 2 + 1)
+    edges = _mel_to_hertz(np.linspace(_hertz_to_mel(np.array([0.0]))[0], _hertz_to_mel(np.array([max_hertz]))[0], n_mels + 2))
+    slopes = edges[None, :] - fft_hertz[:, None]
+    widths = np.diff(edges)
+    down = -slopes[:, :-2] / widths[:-1]
+    up = slopes[:, 2:] / widths[1:]
+    filters = np.maximum(0.0, np.minimum(down, up))
+    return filters * (2.0 / (edges[2 : n_mels + 2] - edges[:n_mels]))[None, :]
+
+
 def spec_augment(features: torch.Tensor, time_share: float, rng: np.random.Generator) -> torch.Tensor:
     """SpecAugment on one clip's log-mel features (mel bins, frames): zero time masks of TIME_MASK_FRAMES frames
     covering about `time_share` of the frames (overlaps allowed), and FREQUENCY_MASKS bands of FREQUENCY_MASK_BINS
@@ -154,6 +394,8 @@ class TrainingCollator:
         self.featurizer = featurizer
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        import torch
+
         batch = self.featurizer([row["samples"] for row in rows])
         batch["labels"] = torch.tensor([row["label"] for row in rows], dtype=torch.long)
         if "input_features" in batch and rows and rows[0].get("mask_seed") is not None:

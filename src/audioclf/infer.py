@@ -1,9 +1,14 @@
-"""Inference: load a model directory once, classify clips, long recordings, paths or bytes, fast.
+"""Inference: load a model directory once and score clips, long recordings, paths or bytes, fast.
+
+Every door (`predict` and its shards, `evaluate`, the final test metrics of `train`, `serve`, export's checks, the
+Python API) scores a recording the same way, through `Classifier.score` and its batched forms: the recording is cut
+into the windows of the model's `WindowPlan` (one window, itself, when it is no longer than the window), each window
+is scored, and the recording's probabilities are the mean of its windows'. The result is a `ClipScores`.
 
 Predictions are `[{"label": str, "score": float}, ...]`, highest first, scores a softmax over all labels, exactly
 what `transformers.pipeline("audio-classification")` returns for the same model and a clip of at most one window.
-Longer recordings are decoded as a stream and classified in sliding windows whose probabilities are averaged, so
-memory stays flat in a recording's length.
+Segments are `[{"start_seconds", "end_seconds", "predictions"}]`, one per window. Long recordings are decoded as a
+stream, so memory stays flat in a recording's length.
 
 Two backends run the model: torch (a transformers model directory) and ONNX Runtime (a directory written by
 `audioclf export onnx`, run with numpy features so that neither torch nor transformers is imported). This module
@@ -13,7 +18,6 @@ imports neither at load time; each backend imports what it needs when it is buil
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,12 +28,10 @@ import numpy as np
 
 from audioclf.audio import AudioSource, describe_source, header_info, load_audio, stream_audio
 from audioclf.errors import AudioLoadError, ConfigError, ModelError
+from audioclf.features import NumpyFeatures, WindowPlan, whisper_window_seconds
 
 DEFAULT_BATCH_SIZE = 8
-# Models without a fixed input window (the wav2vec2 family) see recordings up to this long whole, as the pipeline
-# does; longer ones are windowed so attention cost and memory stay bounded. A longer training window wins.
-DEFAULT_WINDOW_SECONDS = 10.0
-DEFAULT_HOP_FRACTION = 0.5  # default hop: half a window, so every moment is seen by two windows
+DEFAULT_TOP_K = 5  # labels given per clip unless asked otherwise
 DECODE_WORKERS = 2  # threads decoding and resampling files ahead of the model (soundfile and soxr release the GIL)
 CHUNK_BATCHES = 4  # files decoded ahead of the model, in batches: bounds the memory of decoded clips
 # Clips batched together with an attention mask differ in length by at most this factor, so padding stays small.
@@ -37,17 +39,45 @@ MAX_PADDING_RATIO = 1.25
 BACKENDS = ("torch", "onnx")
 ONNX_MODEL_FILE = "model.onnx"
 TRAIN_CONFIG_FILE = "train_config.json"
-WHISPER_FRAMES_PER_SECOND = 50  # 100 mel frames/s, halved by the encoder's stride-2 conv (as model.py has it)
+
+
+@dataclass(frozen=True)
+class ClipScores:
+    """One recording as the model scored it: the windows it was cut into, as (start, end) sample spans at
+    `sampling_rate`, each window's softmax (windows, labels), and the recording's probabilities, their mean."""
+
+    spans: tuple[tuple[int, int], ...]
+    window_probabilities: np.ndarray
+    sampling_rate: int
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return self.window_probabilities.mean(axis=0)
+
+    @property
+    def duration_seconds(self) -> float:
+        return self.spans[-1][1] / self.sampling_rate
+
+    def predictions(self, id2label: dict[int, str], k: int | None = DEFAULT_TOP_K) -> list[dict]:
+        return top_k(self.probabilities, id2label, k)
+
+    def segments(self, id2label: dict[int, str], k: int | None = DEFAULT_TOP_K) -> list[dict]:
+        """Per-window predictions `[{"start_seconds", "end_seconds", "predictions"}]`; one for a short clip."""
+        rate = self.sampling_rate
+        return [{"start_seconds": start / rate, "end_seconds": end / rate, "predictions": top_k(row, id2label, k)}
+                for (start, end), row in zip(self.spans, self.window_probabilities)]
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one input: predictions (and, on request, per-window segments), or why it could not be read."""
+    """What became of one input: its scores and top-k predictions (and, on request, per-window segments), or why it
+    could not be read."""
 
     source: str
     predictions: list[dict] | None = None
     error: str | None = None
     segments: list[dict] | None = None
+    scores: ClipScores | None = None
 
 
 def top_k(probabilities: np.ndarray, id2label: dict[int, str], k: int | None) -> list[dict]:
@@ -102,9 +132,10 @@ class TorchBackend:
         self.uses_attention_mask = bundle.uses_attention_mask
 
     def logits(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        inputs = self.featurizer(list(clips))
+        device = self.model.device  # a model just trained may still be on its GPU
+        inputs = {name: value.to(device) for name, value in self.featurizer(list(clips)).items()}
         with self._torch.inference_mode():
-            return self.model(**inputs).logits.float().numpy()
+            return self.model(**inputs).logits.float().cpu().numpy()
 
 
 class OnnxBackend:
@@ -130,7 +161,7 @@ class OnnxBackend:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.uses_attention_mask = "attention_mask" in self.input_names
         self.fixed_window = self.model_type == "whisper"
-        self.window_seconds = config["max_source_positions"] / WHISPER_FRAMES_PER_SECOND if self.fixed_window else None
+        self.window_seconds = whisper_window_seconds(config["max_source_positions"]) if self.fixed_window else None
         self.features = NumpyFeatures(preprocessor, self.model_type, self.uses_attention_mask)
         self.sampling_rate = self.features.sampling_rate
 
@@ -148,147 +179,7 @@ def _read_json(path: Path) -> dict:
         raise ModelError(f"{path}: not valid JSON ({e})") from e
 
 
-# --- numpy features (the ONNX backend's; equal to transformers' extractors, see tests/test_export.py) ------------
-
-
-class NumpyFeatures:
-    """Model inputs from clips, as numpy arrays, from a saved `preprocessor_config.json`.
-
-    Whisper: clips padded or cut to the window, then the log-mel spectrogram (periodic Hann STFT, Slaney mel filters,
-    log10, floor at max - 8, scaled by (x + 4) / 4). wav2vec2 family: each clip normalised to zero mean and unit
-    variance, then zero-padded to the longest, with an attention mask for models that take one.
-    """
-
-    def __init__(self, preprocessor: dict, model_type: str, uses_attention_mask: bool):
-        self.model_type = model_type
-        self.uses_attention_mask = uses_attention_mask
-        self.sampling_rate = int(preprocessor.get("sampling_rate", 16000))
-        self.padding_value = float(preprocessor.get("padding_value", 0.0))
-        self.do_normalize = bool(preprocessor.get("do_normalize", False))
-        if model_type == "whisper":
-            self.n_fft = int(preprocessor.get("n_fft", 400))
-            self.hop_length = int(preprocessor.get("hop_length", 160))
-            self.n_samples = int(preprocessor.get("chunk_length", 30)) * self.sampling_rate
-            self.mel_filters = mel_filters(self.n_fft, int(preprocessor.get("feature_size", 80)), self.sampling_rate)
-            self.window = hann_window(self.n_fft)
-            from threadpoolctl import ThreadpoolController
-
-            self._blas = ThreadpoolController()
-
-    def __call__(self, clips: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        if self.model_type == "whisper":
-            # one thread for numpy's BLAS: its threads would fight the model's for the same cores
-            with self._blas.limit(limits=1, user_api="blas"):
-                return {"input_features": self.log_mel(clips)}
-        values = [normalize(clip) if self.do_normalize else np.asarray(clip, dtype=np.float32) for clip in clips]
-        longest = max(len(v) for v in values)
-        batch = np.full((len(values), longest), self.padding_value, dtype=np.float32)
-        mask = np.zeros((len(values), longest), dtype=np.int64)
-        for i, v in enumerate(values):
-            batch[i, : len(v)] = v
-            mask[i, : len(v)] = 1
-        inputs = {"input_values": batch}
-        if self.uses_attention_mask:
-            inputs["attention_mask"] = mask
-        return inputs
-
-    def log_mel(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        """(clips, n_mels, frames) log-mel features of clips padded or cut to the window."""
-        samples = np.full((len(clips), self.n_samples), self.padding_value, dtype=np.float64)
-        for i, clip in enumerate(clips):
-            length = min(len(clip), self.n_samples)
-            samples[i, :length] = clip[:length]
-        edge = self.n_fft // 2
-        padded = np.pad(samples, ((0, 0), (edge, edge)), mode="reflect")  # torch.stft(center=True)
-        frames = np.lib.stride_tricks.sliding_window_view(padded, self.n_fft, axis=-1)[:, :: self.hop_length]
-        power = np.abs(np.fft.rfft(frames * self.window, axis=-1)) ** 2
-        power = power[:, :-1]  # the last frame is dropped, as Whisper does
-        mel = (power.reshape(-1, power.shape[-1]) @ self.mel_filters).reshape(len(clips), power.shape[1], -1)
-        log_spec = np.log10(np.maximum(mel, 1e-10))
-        log_spec = np.maximum(log_spec, log_spec.max(axis=(1, 2), keepdims=True) - 8.0)  # per clip
-        return ((log_spec + 4.0) / 4.0).transpose(0, 2, 1).astype(np.float32)
-
-
-def normalize(clip: np.ndarray) -> np.ndarray:
-    """Zero mean and unit variance, computed in float32 exactly as Wav2Vec2FeatureExtractor does."""
-    clip = np.asarray(clip, dtype=np.float32)
-    return (clip - clip.mean()) / np.sqrt(clip.var() + 1e-7)
-
-
-def hann_window(length: int) -> np.ndarray:
-    """The periodic Hann window torch.hann_window gives."""
-    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)
-
-
-def _hertz_to_mel(hertz: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
-    hertz = np.asarray(hertz, dtype=np.float64)
-    mels = 3.0 * hertz / 200.0
-    log_region = hertz >= 1000.0
-    mels[log_region] = 15.0 + np.log(hertz[log_region] / 1000.0) * (27.0 / np.log(6.4))
-    return mels
-
-
-def _mel_to_hertz(mels: np.ndarray) -> np.ndarray:
-    mels = np.asarray(mels, dtype=np.float64)
-    hertz = 200.0 * mels / 3.0
-    log_region = mels >= 15.0
-    hertz[log_region] = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mels[log_region] - 15.0))
-    return hertz
-
-
-def mel_filters(n_fft: int, n_mels: int, sampling_rate: int, max_hertz: float = 8000.0) -> np.ndarray:
-    """Slaney-normalised triangular mel filters, shape (n_fft // 2 + 1, n_mels), as Whisper's extractor builds them."""
-    fft_hertz = np.linspace(0, sampling_rate // 2, n_fft // 2 + 1)
-    edges = _mel_to_hertz(np.linspace(_hertz_to_mel(np.array([0.0]))[0], _hertz_to_mel(np.array([max_hertz]))[0], n_mels + 2))
-    slopes = edges[None, :] - fft_hertz[:, None]
-    widths = np.diff(edges)
-    down = -slopes[:, :-2] / widths[:-1]
-    up = slopes[:, 2:] / widths[1:]
-    filters = np.maximum(0.0, np.minimum(down, up))
-    return filters * (2.0 / (edges[2 : n_mels + 2] - edges[:n_mels]))[None, :]
-
-
-# --- streaming decode and sliding windows -------------------------------------------------------
-
-
-def window_spans(n_samples: int, window: int, hop: int) -> list[tuple[int, int]]:
-    """(start, end) sample spans of windows hopping over a clip; the last ends at the clip's end, so the tail is
-    covered. A clip no longer than one window is one span: itself."""
-    if n_samples <= window:
-        return [(0, n_samples)]
-    starts = list(range(0, n_samples - window + 1, hop))
-    if starts[-1] + window < n_samples:
-        starts.append(n_samples - window)
-    return [(start, start + window) for start in starts]
-
-
-def stream_windows(blocks: Iterable[np.ndarray], window: int, hop: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, samples) of the windows `window_spans` gives, cut from a stream of blocks while it is read; only
-    about one window of samples is held at a time."""
-    buffer = np.zeros(0, dtype=np.float32)
-    buffer_start = 0  # sample index of buffer[0] in the recording
-    next_start = 0
-    last_end = 0
-    total = 0
-    for block in blocks:
-        buffer = np.concatenate([buffer, block])
-        total += len(block)
-        while next_start + window <= total:
-            offset = next_start - buffer_start
-            yield next_start, buffer[offset : offset + window].copy()
-            last_end = next_start + window
-            next_start += hop
-        # keep what the next window, or the final window ending at the end, may still need
-        keep_from = max(buffer_start, min(next_start, total - window))
-        buffer = buffer[keep_from - buffer_start :]
-        buffer_start = keep_from
-    if total == 0:
-        return
-    if last_end == 0:  # shorter than one window: the whole recording
-        yield 0, buffer
-    elif last_end < total:
-        yield total - window, buffer[len(buffer) - window :].copy()
+# --- batching ------------------------------------------------------------------------------------
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, equal_lengths_only: bool, any_lengths: bool) -> list[list[int]]:
@@ -325,38 +216,27 @@ class _Decoded:
     error: str | None = None
 
 
-@dataclass
-class _Scored:
-    """One recording's windows and their probabilities, shape (windows, labels)."""
-
-    spans: list[tuple[int, int]]
-    probabilities: np.ndarray
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self.probabilities.mean(axis=0)
-
-
 class Classifier:
-    """A loaded model ready to classify clips (arrays at its rate), paths or bytes, short or long.
+    """A loaded model ready to score clips (arrays at its rate), paths or bytes, short or long.
 
-    `model` is a ModelBundle (run by torch) or a Backend. Recordings longer than `window_seconds` are classified in
-    windows `hop_seconds` apart and their probabilities averaged; shorter ones whole.
+    `model` is a ModelBundle (run by torch) or a Backend. `plan` is how recordings are cut into windows: the model's
+    fixed window (Whisper) or `window_seconds`, else the default of features.inference_window_seconds, windows
+    `hop_seconds` apart. `score` (one recording), `score_clips` (arrays, batched together) and `classify_files` (paths
+    or bytes, decoded ahead) all cut the same windows and combine them the same way.
     """
 
     def __init__(self, model, name: str = "", batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None,
                  window_seconds: float | None = None, hop_seconds: float | None = None,
-                 decode_workers: int = DECODE_WORKERS):
+                 decode_workers: int = DECODE_WORKERS, trained_window_seconds: float | None = None):
         self.backend: Backend = model if hasattr(model, "logits") else TorchBackend(model, threads)
-        # the torch backend's ModelBundle, or the backend itself: both tell `window_seconds`
-        self.bundle = getattr(self.backend, "bundle", self.backend)
         self.name = name
         if batch_size < 1:
             raise ConfigError(f"--batch-size {batch_size}: must be 1 or more")
         self.batch_size = batch_size
         self.decode_workers = max(1, decode_workers)
         self.id2label = dict(self.backend.id2label)
-        self.window_seconds, self.hop_seconds = resolve_windows(self.backend.window_seconds, window_seconds, hop_seconds)
+        self.plan = WindowPlan.resolve(self.backend.sampling_rate, self.backend.window_seconds, window_seconds,
+                                       hop_seconds, trained_window_seconds)
 
     @property
     def labels(self) -> list[str]:
@@ -367,40 +247,72 @@ class Classifier:
         return self.backend.sampling_rate
 
     @property
-    def window_samples(self) -> int:
-        return round(self.window_seconds * self.sampling_rate)
+    def window_seconds(self) -> float:
+        return self.plan.window_seconds
 
     @property
-    def hop_samples(self) -> int:
-        return max(1, round(self.hop_seconds * self.sampling_rate))
+    def hop_seconds(self) -> float:
+        return self.plan.hop_seconds
 
-    def probabilities(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        """Softmax scores, shape (len(clips), n_labels), of mono clips at the model's rate, each scored whole as the
-        pipeline scores it (Whisper: padded or cut to its window). No windowing here: see `classify` for that.
+    # -- the one scoring path --
 
-        Clips are batched by length. Models that take no attention mask are only batched with clips of exactly the
-        same length, because zero padding would change their outputs.
+    def score(self, clip: np.ndarray | AudioSource) -> ClipScores:
+        """The scores of one clip or recording: an array at the model's rate, a path, or encoded bytes (streamed).
+        Raises AudioLoadError for a path or bytes that cannot be decoded."""
+        if isinstance(clip, np.ndarray):
+            return self.score_clips([clip])[0]
+        name = describe_source(clip)
+        return self._score_stream(self.plan.stream(stream_audio(clip, self.sampling_rate, name)))
+
+    def score_clips(self, clips: Sequence[np.ndarray]) -> list[ClipScores]:
+        """The scores of clips held in memory (arrays at the model's rate), all their windows run in one batched
+        pass."""
+        cuts = [self.plan.cut(clip) for clip in clips]
+        windows = [window for _, clip_windows in cuts for window in clip_windows]
+        if not windows:
+            return []
+        probabilities = self.window_probabilities(windows)
+        bounds = np.cumsum([0] + [len(spans) for spans, _ in cuts])
+        return [self.combine(spans, probabilities[a:b]) for (spans, _), a, b in zip(cuts, bounds[:-1], bounds[1:])]
+
+    def combine(self, spans: Sequence[tuple[int, int]], window_probabilities: np.ndarray) -> ClipScores:
+        """A recording's scores from its windows' (`plan.cut` spans, `window_probabilities` rows): for a door that
+        runs the windows itself, such as the service's micro-batches."""
+        return ClipScores(tuple(spans), np.asarray(window_probabilities), self.sampling_rate)
+
+    def window_probabilities(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        """Softmax scores, shape (len(windows), n_labels), of windows at the model's rate, each at most one window
+        long and scored whole as the pipeline scores a clip (Whisper: padded to its window). Longer clips must be cut
+        by `plan` first (`score` and `score_clips` do), so nothing longer is ever silently cut to its start.
+
+        Windows are batched by length. Models that take no attention mask are only batched with windows of exactly
+        the same length, because zero padding would change their outputs.
         """
-        result = np.zeros((len(clips), len(self.id2label)), dtype=np.float32)
+        longest = max((len(w) for w in windows), default=0)
+        if longest > self.plan.window_samples:
+            raise ValueError(f"a window of {longest} samples is longer than the plan's {self.plan.window_samples}; "
+                             f"score recordings with Classifier.score or score_clips")
+        result = np.zeros((len(windows), len(self.id2label)), dtype=np.float32)
         backend = self.backend
         equal_only = not backend.fixed_window and not backend.uses_attention_mask
-        for batch in plan_batches([len(c) for c in clips], self.batch_size, equal_only, backend.fixed_window):
-            result[batch] = softmax(backend.logits([clips[i] for i in batch]))
+        for batch in plan_batches([len(w) for w in windows], self.batch_size, equal_only, backend.fixed_window):
+            result[batch] = softmax(backend.logits([windows[i] for i in batch]))
         return result
 
-    def classify(self, clip: np.ndarray | AudioSource, top_k_labels: int | None = 5) -> list[dict]:
-        """Top-k predictions for one clip or recording: an array at the model's rate, a path, or encoded bytes.
-        Raises AudioLoadError for a path or bytes that cannot be decoded."""
-        return top_k(self._score(clip).mean, self.id2label, top_k_labels)
+    # -- conveniences on top of it --
 
-    def timeline(self, clip: np.ndarray | AudioSource, top_k_labels: int | None = 5) -> list[dict]:
-        """Per-window predictions `[{"start", "end", "predictions"}]` (seconds), one window for a short clip."""
-        return self._segments(self._score(clip), top_k_labels)
+    def classify(self, clip: np.ndarray | AudioSource, top_k_labels: int | None = DEFAULT_TOP_K) -> list[dict]:
+        """Top-k predictions for one clip or recording (see `score`)."""
+        return self.score(clip).predictions(self.id2label, top_k_labels)
 
-    def classify_files(self, sources: Iterable[AudioSource], top_k_labels: int | None = 5,
-                       timeline: bool = False) -> Iterator[Outcome]:
-        """Classify paths or bytes in order, decoding ahead in a thread pool and batching clips of similar length.
-        An unreadable one yields its error and the rest go on. With `timeline`, outcomes carry their segments."""
+    def segments(self, clip: np.ndarray | AudioSource, top_k_labels: int | None = DEFAULT_TOP_K) -> list[dict]:
+        """Per-window predictions `[{"start_seconds", "end_seconds", "predictions"}]`, one for a short clip."""
+        return self.score(clip).segments(self.id2label, top_k_labels)
+
+    def classify_files(self, sources: Iterable[AudioSource], top_k_labels: int | None = DEFAULT_TOP_K,
+                       segments: bool = False) -> Iterator[Outcome]:
+        """Score paths or bytes in order, decoding ahead in a thread pool and batching clips of similar length.
+        An unreadable one yields its error and the rest go on. With `segments`, outcomes carry per-window ones."""
         chunk_size = self.batch_size * CHUNK_BATCHES
         with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="audioclf-decode") as pool:
             pending: list[Future] = []
@@ -416,7 +328,7 @@ class Classifier:
                 if not pending:
                     return
                 chunk, pending = pending[:chunk_size], pending[chunk_size:]
-                yield from self._classify_chunk([f.result() for f in chunk], top_k_labels, timeline)
+                yield from self._score_chunk([f.result() for f in chunk], top_k_labels, segments)
 
     # -- internals --
 
@@ -430,43 +342,25 @@ class Classifier:
         except AudioLoadError as e:
             return _Decoded(name, error=e.reason)
 
-    def _classify_chunk(self, decoded: list[_Decoded], k: int | None, timeline: bool) -> Iterator[Outcome]:
+    def _score_chunk(self, decoded: list[_Decoded], k: int | None, segments: bool) -> Iterator[Outcome]:
         # every clip held in memory is scored in one batched pass; recordings too long to hold stream in turn
-        held = iter(self._score_arrays([d.samples for d in decoded if d.samples is not None]))
+        held = iter(self.score_clips([d.samples for d in decoded if d.samples is not None]))
         for d in decoded:
             if d.error is not None:
                 yield Outcome(d.name, error=d.error)
                 continue
             if d.stream is not None:
                 try:
-                    result = self._score_windows(stream_windows(stream_audio(d.stream, self.sampling_rate, d.name),
-                                                                self.window_samples, self.hop_samples))
+                    scores = self.score(d.stream)
                 except AudioLoadError as e:
                     yield Outcome(d.name, error=e.reason)
                     continue
             else:
-                result = next(held)
-            yield Outcome(d.name, predictions=top_k(result.mean, self.id2label, k),
-                          segments=self._segments(result, k) if timeline else None)
+                scores = next(held)
+            yield Outcome(d.name, predictions=scores.predictions(self.id2label, k),
+                          segments=scores.segments(self.id2label, k) if segments else None, scores=scores)
 
-    def _score(self, clip: np.ndarray | AudioSource) -> _Scored:
-        if isinstance(clip, np.ndarray):
-            return self._score_arrays([clip])[0]
-        name = describe_source(clip)
-        return self._score_windows(stream_windows(stream_audio(clip, self.sampling_rate, name),
-                                                  self.window_samples, self.hop_samples))
-
-    def _score_arrays(self, clips: Sequence[np.ndarray]) -> list[_Scored]:
-        """All windows of clips held in memory, scored in one batched pass."""
-        spans = [window_spans(len(clip), self.window_samples, self.hop_samples) for clip in clips]
-        windows = [clip[start:end] for clip, clip_spans in zip(clips, spans) for start, end in clip_spans]
-        if not windows:
-            return []
-        probabilities = self.probabilities(windows)
-        bounds = np.cumsum([0] + [len(s) for s in spans])
-        return [_Scored(s, probabilities[a:b]) for s, a, b in zip(spans, bounds[:-1], bounds[1:])]
-
-    def _score_windows(self, windows: Iterator[tuple[int, np.ndarray]]) -> _Scored:
+    def _score_stream(self, windows: Iterator[tuple[int, np.ndarray]]) -> ClipScores:
         """Windows of a stream, scored a batch at a time as they arrive; only their probabilities are kept."""
         spans: list[tuple[int, int]] = []
         parts: list[np.ndarray] = []
@@ -475,35 +369,11 @@ class Classifier:
             spans.append((start, start + len(samples)))
             batch.append(samples)
             if len(batch) == self.batch_size:
-                parts.append(self.probabilities(batch))
+                parts.append(self.window_probabilities(batch))
                 batch = []
         if batch:
-            parts.append(self.probabilities(batch))
-        return _Scored(spans, np.concatenate(parts))
-
-    def _segments(self, scored: _Scored, k: int | None) -> list[dict]:
-        rate = self.sampling_rate
-        return [{"start": round(start / rate, 3), "end": round(end / rate, 3), "predictions": top_k(row, self.id2label, k)}
-                for (start, end), row in zip(scored.spans, scored.probabilities)]
-
-
-def resolve_windows(fixed_seconds: float | None, window_seconds: float | None,
-                    hop_seconds: float | None) -> tuple[float, float]:
-    """(window, hop) in seconds: the model's fixed window (Whisper) or the one asked for, else DEFAULT_WINDOW_SECONDS;
-    the hop as asked, else half the window."""
-    if fixed_seconds is not None:
-        if window_seconds is not None and not math.isclose(window_seconds, fixed_seconds):
-            raise ConfigError(f"--window-seconds {window_seconds:g}: this model's input window is fixed at "
-                              f"{fixed_seconds:g} s (leave the flag out)")
-        window = float(fixed_seconds)
-    else:
-        window = float(window_seconds) if window_seconds is not None else DEFAULT_WINDOW_SECONDS
-    if not window > 0:
-        raise ConfigError(f"--window-seconds {window:g}: must be positive")
-    hop = float(hop_seconds) if hop_seconds is not None else window * DEFAULT_HOP_FRACTION
-    if not 0 < hop <= window:
-        raise ConfigError(f"--hop-seconds {hop:g}: must be positive and at most the window ({window:g} s)")
-    return window, hop
+            parts.append(self.window_probabilities(batch))
+        return self.combine(spans, np.concatenate(parts))
 
 
 def trained_window_seconds(model_dir: Path) -> float | None:
@@ -533,7 +403,7 @@ def load_classifier(model_dir: str | Path, batch_size: int = DEFAULT_BATCH_SIZE,
                     hop_seconds: float | None = None) -> Classifier:
     """Load a trained model directory (or Hub id), or an exported ONNX directory, once for classification.
 
-    Models without a fixed window default to the longer of DEFAULT_WINDOW_SECONDS and their training window.
+    Its windows follow features.inference_window_seconds, with the training window from train_config.json.
     """
     chosen = pick_backend(model_dir, backend)
     if chosen == "onnx":
@@ -542,7 +412,5 @@ def load_classifier(model_dir: str | Path, batch_size: int = DEFAULT_BATCH_SIZE,
         from audioclf.model import load_model
 
         model = TorchBackend(load_model(str(model_dir)), threads)
-    if window_seconds is None and model.window_seconds is None:
-        window_seconds = max(DEFAULT_WINDOW_SECONDS, trained_window_seconds(Path(model_dir)) or 0.0)
     return Classifier(model, name=Path(str(model_dir)).name, batch_size=batch_size, window_seconds=window_seconds,
-                      hop_seconds=hop_seconds)
+                      hop_seconds=hop_seconds, trained_window_seconds=trained_window_seconds(Path(model_dir)))

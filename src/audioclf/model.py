@@ -25,8 +25,9 @@ from transformers import (
 )
 
 from audioclf.errors import ConfigError, ModelError
+from audioclf.features import WHISPER_MAX_WINDOW_SECONDS, whisper_positions, whisper_window_seconds
 
-WHISPER_FRAMES_PER_SECOND = 50  # 100 mel frames/s (hop 160 at 16 kHz), halved by the encoder's stride-2 conv
+WAV2VEC2_SAMPLING_RATE = 16_000  # Hz; the rate the wav2vec2 family is pretrained at
 WAV2VEC2_FAMILY = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "unispeech", "unispeech-sat", "sew", "sew-d")
 
 _TINY_ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -72,7 +73,7 @@ class ModelBundle:
     def window_seconds(self) -> float | None:
         """The fixed input window of models that have one (Whisper), else None."""
         if self.model_type == "whisper":
-            return self.model.config.max_source_positions / WHISPER_FRAMES_PER_SECOND
+            return whisper_window_seconds(self.model.config.max_source_positions)
         return None
 
     @property
@@ -119,13 +120,13 @@ def resolve_config(model_config: str) -> PretrainedConfig:
         raise ConfigError(f"--model-config {model_config}: {e}") from e
 
 
-def feature_extractor_for(config: PretrainedConfig, window_seconds: int = 30):
+def feature_extractor_for(config: PretrainedConfig, window_seconds: int = WHISPER_MAX_WINDOW_SECONDS):
     """The feature extractor a freshly built model of this config needs."""
     if config.model_type == "whisper":
         return WhisperFeatureExtractor(feature_size=config.num_mel_bins, chunk_length=int(window_seconds))
     if config.model_type in WAV2VEC2_FAMILY:
         return Wav2Vec2FeatureExtractor(
-            feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+            feature_size=1, sampling_rate=WAV2VEC2_SAMPLING_RATE, padding_value=0.0, do_normalize=True,
             return_attention_mask=getattr(config, "feat_extract_norm", "group") == "layer",
         )
     if config.model_type == "audio-spectrogram-transformer":
@@ -197,11 +198,11 @@ def fit_whisper_window(bundle: ModelBundle, seconds: int) -> None:
         return
     if seconds != int(seconds) or seconds < 1:
         raise ConfigError(f"--max-seconds {seconds}: Whisper windows are whole seconds (1 or more)")
-    positions = int(seconds) * WHISPER_FRAMES_PER_SECOND
+    positions = whisper_positions(int(seconds))
     encoder = bundle.model.encoder
     old = encoder.embed_positions.weight
     if positions > old.shape[0]:
-        raise ConfigError(f"--max-seconds {seconds}: this Whisper encoder's window is at most {old.shape[0] // WHISPER_FRAMES_PER_SECOND} s")
+        raise ConfigError(f"--max-seconds {seconds}: this Whisper encoder's window is at most {whisper_window_seconds(old.shape[0]):g} s")
     table = nn.Embedding(positions, old.shape[1])
     table.weight.data.copy_(old.data[:positions])
     table.requires_grad_(False)

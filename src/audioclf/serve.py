@@ -1,9 +1,11 @@
-"""Serve: an HTTP classification service and its web page, on top of a loaded classifier.
+"""Serve: an HTTP classification service and its web page, on top of a loaded classifier. HTTP only: decoding is
+audio's (`load_audio`), windows and scores are the classifier's, so an upload gets exactly the answer
+`audioclf predict` gives the same file.
 
-The server needs only two things from the stages below it: "bytes -> samples at the model's rate" (`load_audio`)
-and "clips -> softmax scores" (`classifier.probabilities`). Requests that arrive together are classified together:
-each request decodes its own upload (so a bad file fails alone, before it can join a batch), then puts its clips on
-a bounded queue that one worker drains in micro-batches, running inference in a thread off the event loop.
+Requests that arrive together are classified together: each request decodes its own upload (so a bad file fails
+alone, before it can join a batch) and cuts it into the classifier's windows (`plan.cut`), then puts the windows on
+a bounded queue that one worker drains in micro-batches (`window_probabilities`), running inference in a thread off
+the event loop; the request combines its windows' scores (`combine`) as every other door does.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audioclf.audio import load_audio
 from audioclf.errors import AudioLoadError, ConfigError
-from audioclf.infer import top_k, window_spans
+from audioclf.features import WindowPlan
+from audioclf.config import SEGMENTS_ALIASES, SEGMENTS_HELP, SEGMENTS_OPTION
+from audioclf.infer import ClipScores
 
 logger = logging.getLogger("audioclf.serve")
 
 API_KEY_ENV = "AUDIOCLF_API_KEY"
 BYTES_PER_MB = 1024 * 1024
-DEFAULT_WINDOW_SECONDS = 1.0  # sliding window of models without a fixed input window (wav2vec2 family, AST)
 RETRY_AFTER_SECONDS = 1  # what a 503 for a full queue tells clients to wait
 MAX_NAME_CHARS = 120  # an uploaded file name is echoed in error messages; keep it short
 LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -85,6 +88,8 @@ class ClipClassifier(Protocol):
     """What the server needs of a classifier (audioclf.infer.Classifier is one)."""
 
     name: str
+    id2label: dict[int, str]
+    plan: WindowPlan
 
     @property
     def labels(self) -> list[str]: ...
@@ -92,34 +97,9 @@ class ClipClassifier(Protocol):
     @property
     def sampling_rate(self) -> int: ...
 
-    def probabilities(self, clips: Sequence[np.ndarray]) -> np.ndarray: ...
+    def window_probabilities(self, windows: Sequence[np.ndarray]) -> np.ndarray: ...
 
-
-# --- sliding windows ----------------------------------------------------------------------------
-# Kept small and pure so that an inference engine with its own windowing can take it over.
-
-
-def window_seconds_of(classifier: ClipClassifier) -> float:
-    """The model's fixed input window (Whisper), else DEFAULT_WINDOW_SECONDS."""
-    bundle = getattr(classifier, "bundle", None)
-    return getattr(bundle, "window_seconds", None) or DEFAULT_WINDOW_SECONDS
-
-
-def sliding_windows(samples: np.ndarray, sampling_rate: int, window_seconds: float) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
-    """Spans and clips of windows of `window_seconds` with a hop of half a window."""
-    window = max(1, round(window_seconds * sampling_rate))
-    spans = window_spans(len(samples), window, max(1, window // 2))
-    return spans, [samples[start:end] for start, end in spans]
-
-
-def timeline(spans: list[tuple[int, int]], probabilities: np.ndarray, sampling_rate: int, labels: list[str], k: int) -> list[dict]:
-    """Per-window top-k predictions: `[{"start_seconds", "end_seconds", "predictions"}]`."""
-    id2label = dict(enumerate(labels))
-    return [
-        {"start_seconds": start / sampling_rate, "end_seconds": end / sampling_rate,
-         "predictions": top_k(row, id2label, k)}
-        for (start, end), row in zip(spans, probabilities)
-    ]
+    def combine(self, spans: Sequence[tuple[int, int]], window_probabilities: np.ndarray) -> ClipScores: ...
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -282,7 +262,7 @@ class _RequestLog:
 
 @dataclass
 class _Job:
-    """One request's clips (one, or its sliding windows) and where its scores go."""
+    """One request's windows (one for a clip of at most a window) and where their scores go."""
 
     clips: list[np.ndarray]
     future: asyncio.Future
@@ -292,7 +272,8 @@ class MicroBatcher:
     """A bounded queue of jobs and one worker that classifies them in micro-batches.
 
     The worker takes the first waiting job, then keeps collecting until it has `max_batch` clips or
-    `max_wait_ms` has passed, and runs `probabilities` on all of them in its own thread. It only waits while other
+    `max_wait_ms` has passed, and runs `probabilities` (the classifier's window_probabilities) on all of them in its
+    own thread. It only waits while other
     requests are on their way (reading or decoding their upload), so a lone request is not delayed."""
 
     def __init__(self, probabilities: Callable[[list[np.ndarray]], np.ndarray], settings: ServeSettings,
@@ -484,6 +465,16 @@ def decode_upload(data: bytes, name: str, sampling_rate: int, max_audio_seconds:
 # --- the app ------------------------------------------------------------------------------------
 
 
+def _check_query(request: Request, known: Sequence[str]) -> None:
+    """A query parameter this endpoint does not take is a 422 naming it, never silently ignored."""
+    unknown = [name for name in request.query_params if name not in known]
+    if not unknown:
+        return
+    hints = "".join(f" ('{name}' is called '{SEGMENTS_OPTION}' here)" for name in unknown if name in SEGMENTS_ALIASES)
+    raise ApiError(422, "invalid_parameter", f"unknown query parameter(s) {', '.join(map(repr, unknown))}{hints}; "
+                                             f"this endpoint takes {', '.join(known)}")
+
+
 def _bearer_check(api_key: str | None) -> Callable[[Request], None]:
     expected = f"Bearer {api_key}".encode() if api_key else None
 
@@ -506,10 +497,9 @@ def create_app(classifier: ClipClassifier, settings: ServeSettings = ServeSettin
     """The service as an ASGI app; the micro-batching worker runs while the app's lifespan does."""
     labels = list(classifier.labels)
     sampling_rate = int(classifier.sampling_rate)
-    window_seconds = window_seconds_of(classifier)
     metrics = Metrics()
-    batcher = MicroBatcher(classifier.probabilities, settings, metrics,
-                           np.zeros(int(window_seconds * sampling_rate), dtype=np.float32))
+    batcher = MicroBatcher(classifier.window_probabilities, settings, metrics,
+                           np.zeros(classifier.plan.window_samples, dtype=np.float32))
     page = _page()
 
     @asynccontextmanager
@@ -570,23 +560,22 @@ def create_app(classifier: ClipClassifier, settings: ServeSettings = ServeSettin
     async def classify(
         request: Request,
         k: int = Query(default_k, alias="top_k", ge=1, le=len(labels), description="How many labels to return."),
-        segments: bool = Query(False, description="Also return per-window predictions for audio longer than the "
-                                                  "model's window; the overall predictions are then their mean."),
+        segments: bool = Query(False, alias=SEGMENTS_OPTION, description=SEGMENTS_HELP),
     ):
-        """Classify one clip, sent as the multipart file field `file` or as the raw request body."""
+        """Classify one clip or recording, sent as the multipart file field `file` or as the raw request body.
+        Audio longer than the model's window is scored in its windows and their probabilities averaged, exactly as
+        `audioclf predict` scores the same file."""
+        _check_query(request, ("top_k", SEGMENTS_OPTION))
         with batcher.arrival():
             data, name = await read_upload(request, settings.max_upload_bytes, settings.max_upload_mb)
             samples = await asyncio.to_thread(decode_upload, data, name, sampling_rate, settings.max_audio_seconds)
             del data
-        id2label = dict(enumerate(labels))
-        response: dict[str, Any] = {"duration_seconds": len(samples) / sampling_rate, "model": classifier.name}
-        if segments and len(samples) > window_seconds * sampling_rate:
-            spans, clips = sliding_windows(samples, sampling_rate, window_seconds)
-            scores = await batcher.classify(clips)
-            response["predictions"] = top_k(scores.mean(axis=0), id2label, k)
-            response["segments"] = timeline(spans, scores, sampling_rate, labels, k)
-        else:
-            response["predictions"] = top_k((await batcher.classify([samples]))[0], id2label, k)
+            spans, windows = classifier.plan.cut(samples)
+        scores = classifier.combine(spans, await batcher.classify(windows))
+        response: dict[str, Any] = {"predictions": scores.predictions(classifier.id2label, k),
+                                    "duration_seconds": len(samples) / sampling_rate, "model": classifier.name}
+        if segments:
+            response["segments"] = scores.segments(classifier.id2label, k)
         return response
 
     @app.get("/v1/labels", response_model=LabelsResponse, dependencies=[require_api_key], responses=errors)

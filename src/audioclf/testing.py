@@ -138,7 +138,7 @@ def save_tone_model(directory, name: str = "tiny-whisper", labels=("low", "high"
     means = []
     for label in labels:
         features.clear()
-        classifier.probabilities([class_clip(label, 1.0, rate, seed=s) for s in range(4)])
+        classifier.window_probabilities([class_clip(label, 1.0, rate, seed=s) for s in range(4)])
         means.append(torch.cat(features).mean(0))
     hook.remove()
     centroids = torch.stack(means)

@@ -27,7 +27,13 @@ from transformers.trainer_utils import get_last_checkpoint
 from audioclf.config import DataSpec, ModelOptions, TrainOptions
 from audioclf.data import ClipSet, clip_samples, load_clips, split_dataset
 from audioclf.errors import AudioclfError, ConfigError, DataError, ModelError, OutputExistsError
-from audioclf.features import CLIP_INDEX_COLUMN, BatchFeaturizer, ClipTransform, TrainingCollator
+from audioclf.features import (
+    CLIP_INDEX_COLUMN,
+    WHISPER_MAX_WINDOW_SECONDS,
+    BatchFeaturizer,
+    ClipTransform,
+    TrainingCollator,
+)
 from audioclf.model import (
     ModelBundle,
     build_model,
@@ -40,8 +46,10 @@ from audioclf.model import (
     whole_seconds,
 )
 
-MAX_WINDOW_SECONDS = 30  # Whisper's native window; longer clips are cropped
 WINDOW_PERCENTILE = 90  # the default window covers this share of training clips whole
+# How metrics.json's figures were scored: validation picks the best epoch quickly; test is what users will get.
+SCORING = {"validation": "the first window of each clip (the start, as training evaluates, for speed)",
+           "test": "every window of each clip, their probabilities averaged, as predict, evaluate and serve score it"}
 
 
 @dataclass
@@ -457,6 +465,9 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
                                          last_checkpoint, push_to_hub, hub_model_id, processes, progress, echo,
                                          callbacks)
         metrics.update(fine_tuned)
+    if test_split is not None and processes.is_main:
+        metrics["test"] = score_test_split(bundle, window, clips, test_split, options.eval_batch_size, progress)
+    metrics["scoring"] = SCORING
     metrics["train_seconds"] = round(time.monotonic() - started, 1)
 
     if processes.is_main:
@@ -536,9 +547,6 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
 
     trainer.remove_callback(EarlyStoppingCallback)  # it warns on the final, differently named evaluations
     metrics = {"history": epoch_line.history, "validation": _strip(trainer.evaluate(eval_split))}
-    if test_split is not None:
-        test_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
-        metrics["test"] = _strip(trainer.evaluate(test_split, metric_key_prefix="test"))
     bundle.model = trainer.model
     return trainer, metrics
 
@@ -546,13 +554,11 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
 def _train_probe(bundle, featurizer, splits, window, options, processes, echo, progress) -> dict:
     """Probe mode: cache every split's per-layer means once (disk cache), then train only the head, in the main
     process (the others only help encode)."""
-    from audioclf.probe import accuracy_and_loss, check_head_fits, train_head
+    from audioclf.probe import check_head_fits, train_head
 
     check_head_fits(bundle.model)  # before the encoding pass, not after it
     features, labels = {}, {}
-    for name, split in zip(("train", "validation", "test"), splits):
-        if split is None:
-            continue
+    for name, split in zip(("train", "validation"), splits):
         transform = ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed)
         started = time.monotonic()
         features[name], cached = _layer_means_across(bundle, featurizer, split, transform, window, options.eval_crop,
@@ -569,10 +575,7 @@ def _train_probe(bundle, featurizer, splits, window, options, processes, echo, p
          f"{time.monotonic() - started:.1f} s, training accuracy {fit['train_accuracy']:.3f}, evaluation accuracy "
          f"{fit['eval_accuracy']:.3f}")
     # the final fit includes the evaluation clips; their figures are those measured before it saw them
-    metrics = {"probe": fit, "validation": {"accuracy": fit["eval_accuracy"], "loss": fit["eval_loss"]}}
-    if "test" in features:
-        metrics["test"] = accuracy_and_loss(bundle.model, features["test"], labels["test"])
-    return metrics
+    return {"probe": fit, "validation": {"accuracy": fit["eval_accuracy"], "loss": fit["eval_loss"]}}
 
 
 def _layer_means_across(bundle, featurizer, split, transform: ClipTransform, window: float, crop: str,
@@ -597,6 +600,18 @@ def _layer_means_across(bundle, featurizer, split, transform: ClipTransform, win
     return features, False
 
 
+def score_test_split(bundle: ModelBundle, window: float, clips: ClipSet, test_split, batch_size: int,
+                 progress: bool) -> dict:
+    """The test figures of the trained model, scored exactly as the saved model directory will be by predict,
+    evaluate and serve (infer.Classifier with the same window plan), so metrics.json and `audioclf evaluate` agree."""
+    from audioclf.evaluate import evaluate_clips
+    from audioclf.infer import Classifier, TorchBackend
+
+    classifier = Classifier(TorchBackend(bundle), batch_size=batch_size, trained_window_seconds=window)
+    report = evaluate_clips(classifier, clips, test_split, progress=progress)
+    return {"accuracy": report.accuracy, "macro_f1": report.macro_f1, "loss": report.loss, "n": report.n}
+
+
 def choose_window_from(dataset, requested: float | None, whisper: bool) -> float:
     """The clip window: as requested, or the 90th percentile of the training clips' durations rounded up
     to whole seconds, so most clips are seen whole and little of each window is padding."""
@@ -605,7 +620,7 @@ def choose_window_from(dataset, requested: float | None, whisper: bool) -> float
     else:
         durations = np.asarray(dataset.with_format(None)["duration_seconds"], dtype=float)
         seconds = float(whole_seconds(np.percentile(durations, WINDOW_PERCENTILE)))
-    seconds = min(seconds, MAX_WINDOW_SECONDS)
+    seconds = min(seconds, WHISPER_MAX_WINDOW_SECONDS)  # longer clips are cropped
     return float(whole_seconds(seconds)) if whisper else seconds
 
 
