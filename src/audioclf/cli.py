@@ -14,6 +14,11 @@ import typer.core
 from audioclf.config import DataSpec, ModelOptions, TrainOptions, option_help
 from audioclf.errors import AudioclfError, ConfigError
 
+try:  # recent typer vendors click; older ones use click itself
+    from typer._click.exceptions import UsageError
+except ImportError:
+    from click.exceptions import UsageError
+
 EXIT_ERROR = 1  # a domain error: bad input, missing file, unusable data or model
 DEMO_OUTPUT = Path("audioclf-demo-model")
 DEMO_BACKBONE = "whisper-tiny.en"
@@ -31,7 +36,8 @@ def _quiet_libraries() -> None:
 
 
 class _ErrorsAsMessages(typer.core.TyperGroup):
-    """Every command runs under this group, so any AudioclfError ends in `error: ...` and exit 1."""
+    """Every command runs under this group, so any AudioclfError ends in `error: ...` and exit 1, and a command
+    line click cannot parse (`--epochs four`) in one such line too, with click's exit code 2."""
 
     def invoke(self, ctx):
         _quiet_libraries()
@@ -40,6 +46,12 @@ class _ErrorsAsMessages(typer.core.TyperGroup):
         except AudioclfError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(EXIT_ERROR) from None
+        except UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # `audioclf data`: click prints the help, not an error
+                raise
+            see = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            typer.echo(f"error: {' '.join(e.format_message().split())}{see}", err=True)
+            raise typer.Exit(e.exit_code) from None
 
 
 app = typer.Typer(
