@@ -348,18 +348,6 @@ def test_cli_serve_maps_every_flag_onto_serve_settings(monkeypatch, tmp_path):
     assert result.exit_code == 1 and "--max-batch 0" in result.output
 
 
-def test_cli_serve_help_is_the_settings_help():
-    import typer.main
-
-    from audioclf.cli import app
-
-    command = typer.main.get_command(app).commands["serve"]
-    flags = {param.opts[0]: param.help for param in command.params if param.opts[0].startswith("--")}
-    for f in dataclasses.fields(ServeSettings):
-        flag = "--cors-origin" if f.name == "cors_origins" else "--" + f.name.replace("_", "-")
-        assert flags[flag] == f.metadata["help"], flag
-
-
 # --- micro-batching -----------------------------------------------------------------------------
 
 

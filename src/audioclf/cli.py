@@ -11,9 +11,15 @@ from pathlib import Path
 import typer
 import typer.core
 
-from audioclf.config import (SEGMENTS_ALIASES, SEGMENTS_HELP, SEGMENTS_OPTION, DataSpec, ModelOptions, TrainOptions,
-                             option_help)
+from audioclf.cli_options import config_options
+from audioclf.config import (API_KEY_ENV, SEED_PRESET, SEGMENTS_ALIASES, SEGMENTS_HELP, SEGMENTS_OPTION, DataSpec,
+                             ModelOptions, ServeSettings, TrainOptions, option_help)
 from audioclf.errors import AudioclfError, ConfigError
+
+try:  # recent typer vendors click; older ones use click itself
+    from typer._click.exceptions import UsageError
+except ImportError:
+    from click.exceptions import UsageError
 
 EXIT_ERROR = 1  # a domain error: bad input, missing file, unusable data or model
 DEMO_OUTPUT = Path("audioclf-demo-model")
@@ -32,7 +38,8 @@ def _quiet_libraries() -> None:
 
 
 class _ErrorsAsMessages(typer.core.TyperGroup):
-    """Every command runs under this group, so any AudioclfError ends in `error: ...` and exit 1."""
+    """Every command runs under this group, so any AudioclfError ends in `error: ...` and exit 1, and a command
+    line click cannot parse (`--epochs four`) in one such line too, with click's exit code 2."""
 
     def invoke(self, ctx):
         _quiet_libraries()
@@ -41,6 +48,12 @@ class _ErrorsAsMessages(typer.core.TyperGroup):
         except AudioclfError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(EXIT_ERROR) from None
+        except UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # `audioclf data`: click prints the help, not an error
+                raise
+            see = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            typer.echo(f"error: {' '.join(e.format_message().split())}{see}", err=True)
+            raise typer.Exit(e.exit_code) from None
 
 
 app = typer.Typer(
@@ -59,52 +72,25 @@ app.add_typer(data_app, name="data")
 app.add_typer(backbone_app, name="backbone")
 
 
-def _d(name: str) -> str:
-    return option_help(DataSpec, name)
-
-
-def _m(name: str) -> str:
-    return option_help(ModelOptions, name)
-
-
-def _t(name: str) -> str:
-    return option_help(TrainOptions, name)
-
-
-# Options shared by every command that reads a data source.
-AudioColumn = typer.Option(None, "--audio-column", help=_d("audio_column"))
-LabelColumn = typer.Option(None, "--label-column", help=_d("label_column"))
-GroupColumn = typer.Option(None, "--group-column", help=_d("group_column"))
-DataConfig = typer.Option(None, "--data-config", help=_d("data_config"))
-DataSplit = typer.Option(None, "--data-split", help=_d("data_split"))
-TestSize = typer.Option(None, "--test-size", help=_d("test_size"))
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
-
-
-def _spec(data: str, **values) -> DataSpec:
-    return DataSpec(data=data, **{k: v for k, v in values.items() if v is not None})
+DATA_PANEL = "Data"  # the --help section of DataSpec's options
 
 
 # --- data ---------------------------------------------------------------------------------------
 
 
 @data_app.command("inspect")
+@config_options(DataSpec, into="data_options", panels=[DATA_PANEL], exclude=("data", "test_size", "seed"))  # no split
 def data_inspect(
-    source: str = typer.Argument(..., help=_d("data")),
-    audio_column: str | None = AudioColumn,
-    label_column: str | None = LabelColumn,
-    group_column: str | None = GroupColumn,
-    data_config: str | None = DataConfig,
-    data_split: str | None = DataSplit,
-    strict: bool = typer.Option(False, "--strict", help=_d("strict")),
+    source: str = typer.Argument(..., help=option_help(DataSpec, "data")),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout instead of tables."),
+    *,
+    data_options: dict,
 ) -> None:
     """Scan a data source: clips per label, durations, sampling rates, channels, and the clips that cannot be used."""
     from audioclf.data import inspect_clips
 
-    spec = _spec(source, audio_column=audio_column, label_column=label_column, group_column=group_column,
-                 data_config=data_config, data_split=data_split, strict=strict)
-    report = inspect_clips(spec)
+    report = inspect_clips(DataSpec(data=source, **data_options))
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -185,60 +171,29 @@ def backbone_install(
 
 # --- train --------------------------------------------------------------------------------------
 
-_NOT_OPTIONS = ("ctx", "config", "output", "overwrite", "resume", "push_to_hub", "hub_model_id", "quiet")
-
-
+# Every field of the three option groups is a flag, its help showing the default preset's value; a flag left off the
+# command line is left out of `flags`, so that precedence stays preset < --config file < flags on the command line.
 @app.command("train")
+@config_options(
+    DataSpec, ModelOptions, TrainOptions, into="flags", given_only=True, panels=[DATA_PANEL, "Model", "Training"],
+    flags={"learning_rate": ("--learning-rate", "--lr")}, presets={"seed": SEED_PRESET},
+    extra={"seed": {"rich_help_panel": "Training",  # one --seed feeds both the data split and training (resolve_run)
+                    "help": "Random seed for the split, the head, crops and data order."}},
+)
 def train_command(
     ctx: typer.Context,
-    data: str | None = typer.Option(None, "--data", help=_d("data")),
-    model: str | None = typer.Option(None, "--model", help=_m("model")),
-    model_config: str | None = typer.Option(None, "--model-config", help=_m("model_config")),
     output: Path | None = typer.Option(None, "--output", "-o", help="Directory to write the trained model to."),
     config: Path | None = typer.Option(None, "--config", help="YAML/JSON file of options (any flag below, by name, or a train_config.json); flags given on the command line win."),
-    preset: str | None = typer.Option(None, "--preset", help=_t("preset")),
-    mode: str | None = typer.Option(None, "--mode", help=_t("mode")),
-    weighted_layer_sum: bool | None = typer.Option(None, "--weighted-layer-sum/--no-weighted-layer-sum", help=_m("weighted_layer_sum"), show_default=False),
-    audio_column: str | None = AudioColumn,
-    label_column: str | None = LabelColumn,
-    group_column: str | None = GroupColumn,
-    data_config: str | None = DataConfig,
-    data_split: str | None = DataSplit,
-    test_size: float | None = TestSize,
-    strict: bool | None = typer.Option(None, "--strict/--no-strict", help=_d("strict"), show_default=False),
-    max_seconds: float | None = typer.Option(None, "--max-seconds", help=_t("max_seconds")),
-    train_crop: str | None = typer.Option(None, "--train-crop", help=_t("train_crop")),
-    eval_crop: str | None = typer.Option(None, "--eval-crop", help=_t("eval_crop")),
-    learning_rate: float | None = typer.Option(None, "--learning-rate", "--lr", help=_t("learning_rate")),
-    head_learning_rate: float | None = typer.Option(None, "--head-learning-rate", help=_t("head_learning_rate")),
-    batch_size: int | None = typer.Option(None, "--batch-size", help=_t("batch_size")),
-    eval_batch_size: int | None = typer.Option(None, "--eval-batch-size", help=_t("eval_batch_size")),
-    gradient_accumulation_steps: int | None = typer.Option(None, "--gradient-accumulation-steps", help=_t("gradient_accumulation_steps")),
-    epochs: float | None = typer.Option(None, "--epochs", help=_t("epochs")),
-    warmup_ratio: float | None = typer.Option(None, "--warmup-ratio", help=_t("warmup_ratio")),
-    weight_decay: float | None = typer.Option(None, "--weight-decay", help=_t("weight_decay")),
-    logging_steps: int | None = typer.Option(None, "--logging-steps", help=_t("logging_steps")),
-    early_stopping_patience: int | None = typer.Option(None, "--early-stopping-patience", help=_t("early_stopping_patience")),
-    freeze_front_end: bool | None = typer.Option(None, "--freeze-front-end/--no-freeze-front-end", help=_t("freeze_front_end"), show_default=False),
-    freeze_layers: int | None = typer.Option(None, "--freeze-layers", help=_t("freeze_layers")),
-    speed_perturbation: float | None = typer.Option(None, "--speed-perturbation", help=_t("speed_perturbation")),
-    spec_augment: float | None = typer.Option(None, "--spec-augment", help=_t("spec_augment")),
-    probe_init: bool | None = typer.Option(None, "--probe-init/--no-probe-init", help=_t("probe_init"), show_default=False),
-    class_weights: bool | None = typer.Option(None, "--class-weights/--no-class-weights", help=_t("class_weights"), show_default=False),
-    validation_size: float | None = typer.Option(None, "--validation-size", help=_t("validation_size")),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed for the split, the head, crops and data order."),
-    threads: int | None = typer.Option(None, "--threads", help=_t("threads")),
-    nproc: int | None = typer.Option(None, "--nproc", help=_t("nproc")),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --output if it exists (only once training has succeeded)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint in OUTPUT.partial/."),
     push_to_hub: bool = typer.Option(False, "--push-to-hub", help="Also upload the model to the Hugging Face Hub (needs network and a login)."),
     hub_model_id: str | None = typer.Option(None, "--hub-model-id", help="Repository name on the Hub for --push-to-hub."),
     quiet: bool = Quiet,
+    *,
+    flags: dict,
 ) -> None:
     """Fine-tune an audio classifier and write a Hugging Face model directory (plus metrics.json,
     train_config.json, labels.txt) that transformers.pipeline("audio-classification") loads as it is."""
-    # first, while the only locals are the parameters (the imports below would join them)
-    flags = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS and v is not None}
     from audioclf.config import read_config_file, resolve_run
     from audioclf.train import check_run, launch, leave_processes, train, under_launcher
 
@@ -278,7 +233,8 @@ def _given_arguments(ctx: typer.Context, drop: str) -> list[str]:
             elif value:
                 arguments.append(param.opts[0])
         else:
-            arguments += [param.opts[0], str(value)]
+            for item in value if param.multiple else [value]:
+                arguments += [param.opts[0], str(item)]
     return arguments
 
 
@@ -327,27 +283,21 @@ def _training_data_spec(model_dir: Path, spec: DataSpec) -> DataSpec | None:
 
 
 @app.command("evaluate")
+@config_options(DataSpec, into="data_options", panels=[DATA_PANEL])
 def evaluate_command(
     model_dir: Path = typer.Argument(..., help="A trained model directory (or Hub id)."),
-    data: str = typer.Option(..., "--data", help=_d("data")),
     split: str | None = typer.Option(None, "--split", help="Which split to score: train, validation, test or all. Default: the source's test split; for the data the model was trained on, its held-out test clips; otherwise all clips."),
-    audio_column: str | None = AudioColumn,
-    label_column: str | None = LabelColumn,
-    group_column: str | None = GroupColumn,
-    data_config: str | None = DataConfig,
-    data_split: str | None = DataSplit,
-    test_size: float | None = TestSize,
-    seed: int | None = typer.Option(None, "--seed", help=_d("seed")),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (accuracy, macro_f1, n, per-class, confusion, misclassified)."),
     report_dir: Path | None = typer.Option(None, "--report-dir", help="Also write metrics.json, confusion.png and misclassified.csv here."),
     quiet: bool = Quiet,
+    *,
+    data_options: dict,
 ) -> None:
     """Score a trained model on labelled data: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix."""
     from audioclf.evaluate import evaluate_clips, format_report, write_report
     from audioclf.infer import load_classifier
 
-    spec = _spec(data, audio_column=audio_column, label_column=label_column, group_column=group_column,
-                 data_config=data_config, data_split=data_split, test_size=test_size, seed=seed)
+    spec = DataSpec(**data_options)
     classifier = load_classifier(model_dir)
     clips, dataset = _evaluation_split(Path(model_dir), spec, split, progress=not quiet)
     report = evaluate_clips(classifier, clips, dataset, progress=not quiet)
@@ -653,31 +603,21 @@ def demo_command(
 
 
 # --- serve --------------------------------------------------------------------------------------
-# Defaults and help mirror audioclf.serve.ServeSettings (tests/test_serve.py checks they agree); the server
-# module is imported only inside the command, so `--help` stays fast.
+# The server module is imported only inside the command, so `--help` answers without loading FastAPI.
 
 
 @app.command("serve")
+@config_options(ServeSettings, into="settings", flags={"cors_origins": ("--cors-origin",)},
+                extra={"api_key": {"envvar": API_KEY_ENV, "show_envvar": False}})  # its help names the variable
 def serve_command(
     model_dir: Path = typer.Argument(..., help="A trained model directory (or Hub id)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; loopback by default. Anything else exposes the service to the network: set --api-key."),
-    port: int = typer.Option(8000, "--port", help="TCP port to listen on."),
-    max_batch: int = typer.Option(8, "--max-batch", help="Most clips classified together in one micro-batch."),
-    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="Longest a request waits for others to share its micro-batch, in milliseconds."),
-    max_queue: int = typer.Option(64, "--max-queue", help="Most requests waiting for inference; beyond it the server answers 503 with Retry-After."),
-    max_upload_mb: float = typer.Option(25.0, "--max-upload-mb", help="Largest request body accepted, in MiB (413 above)."),
-    max_audio_seconds: float = typer.Option(600.0, "--max-audio-seconds", help="Longest clip accepted, in seconds (413 above)."),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="AUDIOCLF_API_KEY", show_envvar=False, help="Require 'Authorization: Bearer KEY' on /v1/*. Default: the AUDIOCLF_API_KEY environment variable."),
-    cors_origin: list[str] | None = typer.Option(None, "--cors-origin", help="Origin allowed to call the API from other web pages (repeatable); none by default."),
-    top_k: int = typer.Option(5, "--top-k", help="Labels returned when a request gives no top_k."),
+    *,
+    settings: dict,
 ) -> None:
     """Serve a model over HTTP: POST /v1/classify, GET /v1/labels, /healthz, /readyz, /metrics, and a web page at /."""
-    from audioclf.serve import ServeSettings, serve
+    from audioclf.serve import serve
 
-    settings = ServeSettings(host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                             max_upload_mb=max_upload_mb, max_audio_seconds=max_audio_seconds,
-                             api_key=api_key or None, cors_origins=tuple(cors_origin or ()), top_k=top_k)
-    serve(model_dir, settings)
+    serve(model_dir, ServeSettings(**{**settings, "api_key": settings["api_key"] or None}))  # an empty variable: no key
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
-"""Options, grouped by concern: where the data comes from, which model, how to train.
+"""Options, grouped by concern: where the data comes from, which model, how to train, how to serve.
 
-Every field has a help text (the CLI shows it). Presets fill TrainOptions; a config file and flags override
-them; the resolved values are written next to every trained model as train_config.json. This module imports
-nothing heavy, so the command line starts fast.
+Every field has a help text; the command line's options are generated from the fields (audioclf.cli_options).
+Presets fill TrainOptions; a config file and flags override them; the resolved values are written next to every
+trained model as train_config.json. This module imports nothing heavy, so the command line starts fast.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ SEGMENTS_OPTION = "segments"
 SEGMENTS_ALIASES = ("timeline",)
 SEGMENTS_HELP = ("Also give per-window predictions: segments of {start_seconds, end_seconds, predictions}, one per "
                  "window (one for audio no longer than the window); the predictions are always their mean.")
+API_KEY_ENV = "AUDIOCLF_API_KEY"  # where `audioclf serve` finds its API key when --api-key is not given
+BYTES_PER_MB = 1024 * 1024
 
 
 def option_help(cls, name: str) -> str:
@@ -116,6 +118,43 @@ class TrainOptions:
     nproc: int = field(
         default=1, metadata={"help": "Train in this many processes on this machine (one per GPU, or CPU cores shared out), launched with torch.distributed.run; batch size is per process. Under torchrun or accelerate launch, leave it out."}
     )
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the service listens, batches and limits work. Every field is a flag of `audioclf serve`."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; loopback by default. Anything else "
+                                                            "exposes the service to the network: set --api-key."})
+    port: int = field(default=8000, metadata={"help": "TCP port to listen on."})
+    max_batch: int = field(default=8, metadata={"help": "Most clips classified together in one micro-batch."})
+    max_wait_ms: float = field(default=10.0, metadata={"help": "Longest a request waits for others to share its "
+                                                               "micro-batch, in milliseconds."})
+    max_queue: int = field(default=64, metadata={"help": "Most requests waiting for inference; beyond it the server "
+                                                         "answers 503 with Retry-After."})
+    max_upload_mb: float = field(default=25.0, metadata={"help": "Largest request body accepted, in MiB (413 above)."})
+    max_audio_seconds: float = field(default=600.0, metadata={"help": "Longest clip accepted, in seconds (413 above)."})
+    api_key: str | None = field(default=None, metadata={"help": f"Require 'Authorization: Bearer KEY' on /v1/*. "
+                                                                f"Default: the {API_KEY_ENV} environment variable."})
+    cors_origins: tuple[str, ...] = field(default=(), metadata={"help": "Origin allowed to call the API from other "
+                                                                        "web pages (repeatable); none by default."})
+    top_k: int = field(default=5, metadata={"help": "Labels returned when a request gives no top_k."})
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "top_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 1 or more")
+        for name in ("max_upload_mb", "max_audio_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be above 0")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"--max-wait-ms {self.max_wait_ms}: must be 0 or more")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port {self.port}: must be 1-65535")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * BYTES_PER_MB)
 
 
 # The guide's recipe, value for value, so its result can be reproduced (and seen to learn almost nothing).

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audioclf.audio import load_audio
+from audioclf.config import ServeSettings
 from audioclf.errors import AudioLoadError, ConfigError
 from audioclf.features import WindowPlan
 from audioclf.config import SEGMENTS_ALIASES, SEGMENTS_HELP, SEGMENTS_OPTION
@@ -39,49 +40,10 @@ from audioclf.infer import ClipScores
 
 logger = logging.getLogger("audioclf.serve")
 
-API_KEY_ENV = "AUDIOCLF_API_KEY"
-BYTES_PER_MB = 1024 * 1024
 RETRY_AFTER_SECONDS = 1  # what a 503 for a full queue tells clients to wait
 MAX_NAME_CHARS = 120  # an uploaded file name is echoed in error messages; keep it short
 LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """How the service listens, batches and limits work. Every field is a flag of `audioclf serve`."""
-
-    host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; loopback by default. Anything else "
-                                                            "exposes the service to the network: set --api-key."})
-    port: int = field(default=8000, metadata={"help": "TCP port to listen on."})
-    max_batch: int = field(default=8, metadata={"help": "Most clips classified together in one micro-batch."})
-    max_wait_ms: float = field(default=10.0, metadata={"help": "Longest a request waits for others to share its "
-                                                               "micro-batch, in milliseconds."})
-    max_queue: int = field(default=64, metadata={"help": "Most requests waiting for inference; beyond it the server "
-                                                         "answers 503 with Retry-After."})
-    max_upload_mb: float = field(default=25.0, metadata={"help": "Largest request body accepted, in MiB (413 above)."})
-    max_audio_seconds: float = field(default=600.0, metadata={"help": "Longest clip accepted, in seconds (413 above)."})
-    api_key: str | None = field(default=None, metadata={"help": f"Require 'Authorization: Bearer KEY' on /v1/*. "
-                                                                f"Default: the {API_KEY_ENV} environment variable."})
-    cors_origins: tuple[str, ...] = field(default=(), metadata={"help": "Origin allowed to call the API from other "
-                                                                        "web pages (repeatable); none by default."})
-    top_k: int = field(default=5, metadata={"help": "Labels returned when a request gives no top_k."})
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "top_k"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 1 or more")
-        for name in ("max_upload_mb", "max_audio_seconds"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be above 0")
-        if self.max_wait_ms < 0:
-            raise ConfigError(f"--max-wait-ms {self.max_wait_ms}: must be 0 or more")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"--port {self.port}: must be 1-65535")
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * BYTES_PER_MB)
 
 
 class ClipClassifier(Protocol):
