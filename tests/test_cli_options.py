@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 import audioclf.config
 from audioclf.cli import _given_arguments, app
 from audioclf.cli_options import config_options
-from audioclf.config import (SEED_PRESET, DataSpec, ModelOptions, ServeSettings, TrainOptions, resolve_options,
-                             resolve_run)
+from audioclf.config import (SEED_PRESET, DataSpec, InferOptions, ModelOptions, ServeSettings, TrainOptions,
+                             resolve_options, resolve_run)
 from audioclf.errors import ConfigError
 from audioclf.testing import make_folder_dataset
 
@@ -34,6 +34,8 @@ COMMANDS = {
     "serve": ((ServeSettings,), (), {"model_dir"}),
     "evaluate": ((DataSpec,), (), {"model_dir", "split", "as_json", "report_dir", "quiet"}),
     "data inspect": ((DataSpec,), ("data", "test_size", "seed"), {"source", "as_json"}),  # inspecting splits nothing
+    "predict": ((InferOptions,), (), {"model_dir", "files", "as_json", "csv_out", "input_", "audio_column", "output",
+                                      "output_format", "overwrite", "use_ray", "ray_address", "concurrency", "quiet"}),
 }
 FLAGS = {"cors_origins": "--cors-origin"}  # one origin per flag, repeated
 SEED_HELP = "Random seed for the split, the head, crops and data order."  # train's one --seed feeds both groups
@@ -264,3 +266,22 @@ def test_given_only_passes_only_what_the_command_line_gave():
 def test_options_for_fields_that_do_not_exist_are_refused():
     with pytest.raises(TypeError, match="no field.*colour"):
         _app(flags={"colour": ("--color",)})
+
+
+def test_predict_segments_flag_keeps_its_old_name_as_an_alias():
+    (param,) = [p for p in _command("predict").params if p.name == "segments"]
+    assert param.opts == ["--segments", "--timeline"] and param.secondary_opts == ["--no-segments"]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"top_k": 0}, "--top-k 0: must be 1 or more"), ({"batch_size": 0}, "--batch-size 0: must be 1 or more"),
+    ({"threads": 0}, "--threads 0: must be 1 or more"), ({"window_seconds": float("nan")}, "--window-seconds nan"),
+    ({"hop_seconds": -1.0}, "--hop-seconds -1: must be positive"), ({"backend": "tf"}, "--backend 'tf': must be one of"),
+])
+def test_infer_options_refuse_nonsense_before_any_work(values, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        InferOptions(**values)
+    result = runner.invoke(app, ["predict", "no-such-model", "clip.wav", f"--{next(iter(values)).replace('_', '-')}",
+                                 str(next(iter(values.values())))])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: " + message) and len(result.stderr.strip().splitlines()) == 1

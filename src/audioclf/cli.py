@@ -12,7 +12,7 @@ import typer
 import typer.core
 
 from audioclf.cli_options import config_options
-from audioclf.config import (API_KEY_ENV, SEED_PRESET, SEGMENTS_ALIASES, SEGMENTS_HELP, SEGMENTS_OPTION, DataSpec,
+from audioclf.config import (API_KEY_ENV, SEED_PRESET, SEGMENTS_ALIASES, SEGMENTS_OPTION, DataSpec, InferOptions,
                              ModelOptions, ServeSettings, TrainOptions, option_help)
 from audioclf.errors import AudioclfError, ConfigError
 
@@ -361,38 +361,36 @@ class _CsvOutput:
 
 
 @app.command("predict")
+@config_options(InferOptions, into="scoring", flags={"segments": (f"--{SEGMENTS_OPTION}/--no-{SEGMENTS_OPTION}",
+                                                                 *(f"--{alias}" for alias in SEGMENTS_ALIASES))})
 def predict_command(
+    scoring: dict,
     model_dir: Path = typer.Argument(..., help="A trained model directory (or Hub id), or a directory written by `audioclf export onnx`."),
     files: list[str] | None = typer.Argument(None, help="Audio files, folders (searched recursively for audio files), or - to read paths from standard input, one per line. Leave out with --input."),
-    top_k: int = typer.Option(5, "--top-k", min=1, help="How many labels to list per file."),
     as_json: bool = typer.Option(False, "--json", help='One JSON object per line: {"path", "predictions": [{"label", "score"}]} (plus "segments" with --segments) or {"path", "error"}.'),
     csv_out: Path | None = typer.Option(None, "--csv", help="Also write path,label,score,error rows (the top label per file) to this CSV file; it appears only when the run is complete."),
-    window_seconds: float | None = typer.Option(None, "--window-seconds", help="Sliding window for recordings longer than it; default: the model's fixed window (Whisper), else the longer of 10 s and the training window."),
-    hop_seconds: float | None = typer.Option(None, "--hop-seconds", help="Step between sliding windows; default: half a window."),
-    segments: bool = typer.Option(False, f"--{SEGMENTS_OPTION}", *(f"--{alias}" for alias in SEGMENTS_ALIASES), help=SEGMENTS_HELP),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for the model; default: one per core (with --ray: per actor, default 1)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Most clips (or windows) run through the model together."),
-    backend: str | None = typer.Option(None, "--backend", help="torch or onnx; default: onnx where MODEL_DIR holds model.onnx, else torch."),
     input_: str | None = typer.Option(None, "--input", help="Instead of FILES: a manifest (.csv, .tsv, .jsonl; read one row at a time) or a quoted glob such as 'clips/**/*.wav' (expanded lazily). Needs --output."),
     audio_column: str | None = typer.Option(None, "--audio-column", help="The --input manifest's column of audio paths (relative ones are relative to the manifest's folder); default: path."),
     output: Path | None = typer.Option(None, "--output", help="Write one row per input (path, labels, scores, error) to this folder of part-NNNNN shards instead of printing; it appears only when the run is complete."),
     output_format: str = typer.Option("parquet", "--format", help="The --output shards' format: parquet or jsonl."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output."),
-    use_ray: bool = typer.Option(False, "--ray", help="Classify with a pool of Ray actors, each loading the model once (needs the ray extra: pip install 'audioclf[ray]'). Needs --output."),
+    use_ray: bool = typer.Option(False, "--ray", help="Classify with a pool of Ray actors, each loading the model once (needs the ray extra: pip install 'audioclf\\[ray]'). Needs --output."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="With --ray: the address of a running Ray cluster; default: start a local Ray instance."),
     concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="With --ray: how many actors; default: as many as the cluster's CPUs allow at --threads each."),
     quiet: bool = Quiet,
 ) -> None:
-    """Classify audio files: one line per file, in order; recordings longer than the window are classified in sliding
-    windows whose scores are averaged. Unreadable files are reported and the rest still classified; the exit code is
-    non-zero only when nothing could be classified. With --output, rows go to Parquet or JSONL shards instead, from
-    FILES or --input, in this process or (--ray) on a pool of Ray actors."""
+    """Classify audio files: one line per file, in order. Recordings longer than the model's window are scored in its
+    windows and their probabilities averaged, exactly as evaluate and serve score them. Unreadable files are
+    reported and the rest still classified; the exit code is non-zero only when nothing could be classified. With
+    --output, rows go to Parquet or JSONL shards instead, from FILES or --input, in this process or (--ray) on a pool
+    of Ray actors."""
+    options = InferOptions(**scoring)
+    top_k, segments = options.top_k, options.segments
     if output is not None or input_ is not None or use_ray:
         _predict_to_output(model_dir, files or [], input_, audio_column, output, output_format, overwrite, use_ray,
-                           ray_address, concurrency, top_k, threads, quiet,
-                           printed_only={"--json": as_json, "--csv": csv_out is not None, f"--{SEGMENTS_OPTION}": segments},
-                           batch_size=batch_size, backend=backend, window_seconds=window_seconds,
-                           hop_seconds=hop_seconds)
+                           ray_address, concurrency, options, quiet,
+                           printed_only={"--json": as_json, "--csv": csv_out is not None,
+                                         f"--{SEGMENTS_OPTION}": segments})
         return
     for flag, given, needs in (("--audio-column", audio_column is not None, "--input MANIFEST"),
                                ("--ray-address", ray_address is not None, "--ray"),
@@ -410,8 +408,7 @@ def predict_command(
     paths = _expand_paths(files)
     if not paths:
         raise ConfigError(f"no audio files to classify in {' '.join(files)}")
-    classifier = load_classifier(model_dir, batch_size=batch_size, threads=threads, backend=backend,
-                                 window_seconds=window_seconds, hop_seconds=hop_seconds)
+    classifier = load_classifier(model_dir, **options.classifier_options())
     csv_file = _CsvOutput(csv_out) if csv_out is not None else None
     classified = 0
     bar = tqdm(total=len(paths), unit="file", file=sys.stderr, disable=quiet or not sys.stderr.isatty())
@@ -451,8 +448,8 @@ def predict_command(
 
 def _predict_to_output(model_dir: Path, files: list[str], input_: str | None, audio_column: str | None,
                        output: Path | None, output_format: str, overwrite: bool, use_ray: bool, ray_address: str | None,
-                       concurrency: int | None, top_k: int, threads: int | None, quiet: bool,
-                       printed_only: dict[str, bool], **classifier_options) -> None:
+                       concurrency: int | None, options: InferOptions, quiet: bool,
+                       printed_only: dict[str, bool]) -> None:
     """`predict --output`: one row per input (FILES or --input) in Parquet or JSONL shards, classified in this
     process or, with --ray, by a pool of Ray actors."""
     from audioclf import scale
@@ -487,15 +484,17 @@ def _predict_to_output(model_dir: Path, files: list[str], input_: str | None, au
         paths = _expand_paths(files)
         items = scale.non_empty(scale.file_items(paths), " ".join(files))
         total = len(paths)
+    classifier_options = options.classifier_options()
     with scale.ShardWriter(output, output_format, overwrite) as writer:
         if use_ray:
-            scale.predict_ray(model_dir, items, writer, top_k, concurrency=concurrency, threads=threads or 1,
-                              address=ray_address, progress=progress, **classifier_options)
+            classifier_options["threads"] = options.threads or 1  # per actor
+            scale.predict_ray(model_dir, items, writer, options.top_k, concurrency=concurrency, address=ray_address,
+                              progress=progress, **classifier_options)
         else:
             from audioclf.infer import load_classifier
 
-            classifier = load_classifier(model_dir, threads=threads, **classifier_options)
-            scale.predict_local(classifier, items, writer, top_k, total, progress)
+            classifier = load_classifier(model_dir, **classifier_options)
+            scale.predict_local(classifier, items, writer, options.top_k, total, progress)
     typer.echo(f"{writer.rows} file(s), {writer.rows - writer.errors} classified, {writer.errors} unreadable: "
                f"{writer.shards} {output_format} shard(s) in {output}")
     if writer.rows == writer.errors:

@@ -20,6 +20,14 @@ SEGMENTS_OPTION = "segments"
 SEGMENTS_ALIASES = ("timeline",)
 SEGMENTS_HELP = ("Also give per-window predictions: segments of {start_seconds, end_seconds, predictions}, one per "
                  "window (one for audio no longer than the window); the predictions are always their mean.")
+DEFAULT_TOP_K = 5  # labels given per clip unless asked otherwise, by every door
+DEFAULT_BATCH_SIZE = 8  # clips (or windows) run through the model together at inference
+# Models without a fixed input window (the wav2vec2 family, AST) see recordings up to this long whole, as the
+# pipeline does; longer ones are cut into windows, so attention cost and memory stay bounded. A model trained on
+# longer windows keeps its training window (features.inference_window_seconds).
+DEFAULT_WINDOW_SECONDS = 10.0
+DEFAULT_HOP_FRACTION = 0.5  # default hop: half a window, so every moment of a long recording is seen by two windows
+BACKENDS = ("torch", "onnx")
 API_KEY_ENV = "AUDIOCLF_API_KEY"  # where `audioclf serve` finds its API key when --api-key is not given
 BYTES_PER_MB = 1024 * 1024
 
@@ -121,6 +129,43 @@ class TrainOptions:
 
 
 @dataclass(frozen=True)
+class InferOptions:
+    """How a loaded model scores audio: the scoring flags of `audioclf predict`. Every door scores with the same
+    defaults (serve takes top_k and segments per request)."""
+
+    top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": "How many labels to give per clip, highest first."})
+    window_seconds: float | None = field(default=None, metadata={
+        "help": "Window that recordings longer than it are cut into; default: the model's fixed window (Whisper), "
+                f"else the longer of {DEFAULT_WINDOW_SECONDS:g} s and its training window."})
+    hop_seconds: float | None = field(default=None, metadata={
+        "help": f"Step between windows; default: {DEFAULT_HOP_FRACTION:g} of a window."})
+    segments: bool = field(default=False, metadata={"help": SEGMENTS_HELP})
+    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata={"help": "Most clips (or windows) run through the "
+                                                                          "model together."})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for the model; default: one per core "
+                                                                "(with --ray: per actor, default 1)."})
+    backend: str | None = field(default=None, metadata={"help": f"{' or '.join(BACKENDS)}; default: onnx where the "
+                                                                "model directory holds model.onnx, else torch."})
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "batch_size", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {value}: must be 1 or more")
+        for name in ("window_seconds", "hop_seconds"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:  # also refuses nan
+                raise ConfigError(f"--{name.replace('_', '-')} {value:g}: must be positive")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ConfigError(f"--backend {self.backend!r}: must be one of {', '.join(BACKENDS)}")
+
+    def classifier_options(self) -> dict:
+        """What infer.load_classifier takes of these (all but top_k and segments, which are per request)."""
+        return {"batch_size": self.batch_size, "threads": self.threads, "backend": self.backend,
+                "window_seconds": self.window_seconds, "hop_seconds": self.hop_seconds}
+
+
+@dataclass(frozen=True)
 class ServeSettings:
     """How the service listens, batches and limits work. Every field is a flag of `audioclf serve`."""
 
@@ -138,7 +183,7 @@ class ServeSettings:
                                                                 f"Default: the {API_KEY_ENV} environment variable."})
     cors_origins: tuple[str, ...] = field(default=(), metadata={"help": "Origin allowed to call the API from other "
                                                                         "web pages (repeatable); none by default."})
-    top_k: int = field(default=5, metadata={"help": "Labels returned when a request gives no top_k."})
+    top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": "Labels returned when a request gives no top_k."})
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "top_k"):

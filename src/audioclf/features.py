@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soxr
 
-from audioclf.config import CROPS
+from audioclf.config import CROPS, DEFAULT_HOP_FRACTION, DEFAULT_WINDOW_SECONDS
 from audioclf.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -37,13 +37,6 @@ WHISPER_POSITIONS_PER_SECOND = WHISPER_MEL_FRAMES_PER_SECOND // WHISPER_FRAMES_P
 WHISPER_MAX_WINDOW_SECONDS = 30  # the released models' chunk_length: 1500 positions, the longest window there is
 WHISPER_MEL_MAX_HERTZ = 8_000.0  # top of the mel filter bank: half of 16 kHz
 WHISPER_LOG_MEL_RANGE = 8.0  # log10 units kept below each clip's loudest frame (Whisper's dynamic range floor)
-
-# --- inference windows ----------------------------------------------------------------------------------------
-# Models without a fixed input window (the wav2vec2 family, AST) see recordings up to this long whole, as the
-# pipeline does; longer ones are cut into windows, so attention cost and memory stay bounded. A model trained on
-# longer windows keeps its training window (see inference_window_seconds).
-DEFAULT_WINDOW_SECONDS = 10.0
-DEFAULT_HOP_FRACTION = 0.5  # default hop: half a window, so every moment of a long recording is seen by two windows
 
 CLIP_INDEX_COLUMN = "clip_index"  # a training split's row numbers: what names a clip for its random draws
 SPEED_RATE_HZ = 16_000  # nominal rate for speed changes; only the ratio to round(rate * factor) matters

@@ -27,16 +27,14 @@ from typing import Protocol
 import numpy as np
 
 from audioclf.audio import AudioSource, describe_source, header_info, load_audio, stream_audio
+from audioclf.config import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_TOP_K
 from audioclf.errors import AudioLoadError, ConfigError, ModelError
 from audioclf.features import NumpyFeatures, WindowPlan, whisper_window_seconds
 
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_TOP_K = 5  # labels given per clip unless asked otherwise
 DECODE_WORKERS = 2  # threads decoding and resampling files ahead of the model (soundfile and soxr release the GIL)
 CHUNK_BATCHES = 4  # files decoded ahead of the model, in batches: bounds the memory of decoded clips
 # Clips batched together with an attention mask differ in length by at most this factor, so padding stays small.
 MAX_PADDING_RATIO = 1.25
-BACKENDS = ("torch", "onnx")
 ONNX_MODEL_FILE = "model.onnx"
 TRAIN_CONFIG_FILE = "train_config.json"
 
