@@ -385,13 +385,11 @@ class _CsvOutput:
 
     def __init__(self, path: Path):
         import csv
-        import tempfile
 
-        self.path = path
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.temp = Path(name)
-        self.file = open(handle, "w", newline="")
-        self.writer = csv.writer(self.file)
+        from audioclf.files import AtomicFile
+
+        self.output = AtomicFile(path, "w", newline="")
+        self.writer = csv.writer(self.output.file)
         self.writer.writerow(["path", "label", "score", "error"])
 
     def write(self, outcome) -> None:
@@ -402,11 +400,10 @@ class _CsvOutput:
             self.writer.writerow([outcome.source, best["label"], f"{best['score']:.6f}", ""])
 
     def close(self, keep: bool) -> None:
-        self.file.close()
         if keep:
-            self.temp.replace(self.path)
+            self.output.commit()
         else:
-            self.temp.unlink(missing_ok=True)
+            self.output.discard()
 
 
 @app.command("predict")
