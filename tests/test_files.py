@@ -8,7 +8,15 @@ import pytest
 
 from audioclf import files
 from audioclf.errors import OutputError, OutputExistsError
-from audioclf.files import AtomicDirectory, AtomicFile, check_replaceable, install_directory, write_json, write_text
+from audioclf.files import (
+    AtomicDirectory,
+    AtomicFile,
+    check_replaceable,
+    install_directory,
+    write_bytes,
+    write_json,
+    write_text,
+)
 
 
 @contextlib.contextmanager
@@ -41,9 +49,11 @@ def _folder(path: Path, contents: dict[str, str]) -> Path:
 def test_write_text_and_json_write_the_whole_file_and_leave_nothing_else(tmp_path):
     assert write_text(tmp_path / "labels.txt", "yes\nnö\n") == tmp_path / "labels.txt"
     write_json(tmp_path / "metrics.json", {"accuracy": 0.5, "labels": ["a", "b"]})
+    assert write_bytes(tmp_path / "model.bin", b"\x00\x01") == tmp_path / "model.bin"
+    assert (tmp_path / "model.bin").read_bytes() == b"\x00\x01"
     assert (tmp_path / "labels.txt").read_bytes() == "yes\nnö\n".encode("utf-8")
     assert (tmp_path / "metrics.json").read_text() == '{\n  "accuracy": 0.5,\n  "labels": [\n    "a",\n    "b"\n  ]\n}\n'
-    assert _names(tmp_path) == ["labels.txt", "metrics.json"]
+    assert _names(tmp_path) == ["labels.txt", "metrics.json", "model.bin"]
 
 
 def test_a_failure_mid_write_leaves_the_target_unchanged_and_no_temporary_file(tmp_path):

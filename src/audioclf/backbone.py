@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from audioclf.errors import ModelError, OutputExistsError
-from audioclf.files import MODEL_CONFIG_FILE, PREPROCESSOR_CONFIG_FILE, AtomicDirectory, home_folder
+from audioclf.files import (
+    MODEL_CONFIG_FILE,
+    PREPROCESSOR_CONFIG_FILE,
+    AtomicDirectory,
+    home_folder,
+    write_bytes,
+    write_json,
+)
 
 # --- the CTranslate2 model.bin format --------------------------------------------------------------
 
@@ -161,7 +168,6 @@ def write_ctranslate2(
         raise ModelError(f"cannot write CTranslate2 binary version {version}; supported: 1 to {CT2_BINARY_VERSION}")
     if aliases and version < 3:
         raise ModelError(f"CTranslate2 binary version {version} cannot store aliases; use version 3 or later")
-    path = Path(path)
 
     def string(text: str) -> bytes:
         raw = text.encode("utf-8") + b"\0"
@@ -196,9 +202,7 @@ def write_ctranslate2(
         chunks.append(struct.pack("<I", len(aliases or {})))
         for alias, target in (aliases or {}).items():
             chunks += [string(alias), string(target)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"".join(chunks))
-    return path
+    return write_bytes(path, b"".join(chunks))
 
 
 # --- Whisper: CTranslate2 names and shapes -> transformers ----------------------------------------
@@ -418,7 +422,7 @@ def import_ctranslate2(src_dir: str | os.PathLike, out_dir: str | os.PathLike, o
             "model_bin_sha256": _sha256(model_bin),
             "converted": "encoder only, float32",
         }
-        (tmp / "conversion.json").write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / "conversion.json", provenance)
 
     with AtomicDirectory(out_dir, overwrite=overwrite) as tmp:  # out_dir appears (or is replaced) only when complete
         build(tmp)

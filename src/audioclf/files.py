@@ -144,15 +144,20 @@ class AtomicFile:
             self.discard()
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` (UTF-8, newlines as given) to `path` whole or not at all."""
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` whole or not at all; returns `path`."""
     with AtomicFile(path, "wb") as f:
-        f.write(text.encode("utf-8"))
+        f.write(data)
     return Path(path)
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8, newlines as given) to `path` whole or not at all; returns `path`."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
 def write_json(path: str | os.PathLike, value: Any) -> Path:
-    """Write `value` as indented JSON with a final newline to `path` whole or not at all."""
+    """Write `value` as indented JSON with a final newline to `path` whole or not at all; returns `path`."""
     return write_text(path, json.dumps(value, indent=2) + "\n")
 
 
