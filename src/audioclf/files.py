@@ -76,8 +76,8 @@ def check_replaceable(path: str | os.PathLike, *, folder: bool = False) -> None:
         return
     wanted = "a file or folder" if folder else "a file"
     if stat.S_ISLNK(mode):
-        raise OutputError(f"{path}: is a symbolic link (to {os.readlink(path)}); audioclf writes {wanted} only in "
-                          f"place of a regular one; give the link's target, or another path")
+        raise OutputError(f"{path}: is a symbolic link (to {os.readlink(path)}), not {wanted}; audioclf does not "
+                          f"replace links: give the link's target or another path")
     raise OutputError(f"{path}: is {_kind(mode)}, not {wanted}; audioclf replaces only regular files"
                       f"{' and folders' if folder else ''}; give another path")
 
