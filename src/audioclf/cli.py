@@ -15,6 +15,7 @@ from audioclf.cli_options import config_options
 from audioclf.config import (API_KEY_ENV, SEED_PRESET, SEGMENTS_ALIASES, SEGMENTS_OPTION, DataSpec, InferOptions,
                              ModelOptions, ServeSettings, TrainOptions, option_help)
 from audioclf.errors import AudioclfError, ConfigError
+from audioclf.files import PREPROCESSOR_CONFIG_FILE, TRAIN_CONFIG_FILE
 
 try:  # recent typer vendors click; older ones use click itself
     from typer._click.exceptions import UsageError
@@ -267,7 +268,7 @@ def _training_data_spec(model_dir: Path, spec: DataSpec) -> DataSpec | None:
     split-changing option was given now, so its test split can be made again exactly."""
     import dataclasses
 
-    config_file = model_dir / "train_config.json"
+    config_file = model_dir / TRAIN_CONFIG_FILE
     if not config_file.is_file():
         return None
     try:
@@ -336,13 +337,11 @@ class _CsvOutput:
 
     def __init__(self, path: Path):
         import csv
-        import tempfile
 
-        self.path = path
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.temp = Path(name)
-        self.file = open(handle, "w", newline="")
-        self.writer = csv.writer(self.file)
+        from audioclf.files import AtomicFile
+
+        self.output = AtomicFile(path, "w", newline="")
+        self.writer = csv.writer(self.output.file)
         self.writer.writerow(["path", "label", "score", "error"])
 
     def write(self, outcome) -> None:
@@ -353,11 +352,10 @@ class _CsvOutput:
             self.writer.writerow([outcome.source, best["label"], f"{best['score']:.6f}", ""])
 
     def close(self, keep: bool) -> None:
-        self.file.close()
         if keep:
-            self.temp.replace(self.path)
+            self.output.commit()
         else:
-            self.temp.unlink(missing_ok=True)
+            self.output.discard()
 
 
 @app.command("predict")
@@ -544,10 +542,10 @@ def _agreement_clips(model_dir: Path, data: str, progress: bool):
 
     from audioclf.errors import ModelError
 
-    preprocessor = Path(model_dir) / "preprocessor_config.json"
+    preprocessor = Path(model_dir) / PREPROCESSOR_CONFIG_FILE
     if not preprocessor.is_file():
         raise ModelError(f"{model_dir}: not a trained model directory (it has no {preprocessor.name})")
-    rate = int(json.loads(preprocessor.read_text()).get("sampling_rate", 16000))
+    rate = int(json.loads(preprocessor.read_text())["sampling_rate"])
     clips, split = _evaluation_split(Path(model_dir), DataSpec(data=data), None, progress)
     rows = split.with_format(None).select(range(min(len(split), EXPORT_AGREEMENT_CLIPS)))
     return [clip_samples(audio, rate) for audio in rows["audio"]], clips.source

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from audioclf import files
 from audioclf.audio import AudioSource, inspect_audio, load_audio
 from audioclf.config import DataSpec
 from audioclf.errors import AudioLoadError, ColumnError, ConfigError, DataError
@@ -448,10 +448,19 @@ class _SplitSink:
 
     def __init__(self, folder: Path | None, split: str, schema: pa.Schema):
         self.path = None if folder is None else folder / f"{split}.arrow"
-        self.temp = None if folder is None else folder / f"{split}.arrow.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        self.output = None
         with self._disk_errors():
-            self.stream = pa.BufferOutputStream() if folder is None else pa.OSFile(str(self.temp), "wb")
-            self.writer = pa.ipc.new_stream(self.stream, schema)
+            if folder is None:
+                self.stream = pa.BufferOutputStream()
+            else:
+                self.output = files.AtomicFile(self.path)
+                self.stream = self.output.file
+            try:
+                self.writer = pa.ipc.new_stream(self.stream, schema)
+            except BaseException:
+                if self.output is not None:
+                    self.output.discard()
+                raise
 
     def write(self, batch: pa.RecordBatch) -> None:
         with self._disk_errors():
@@ -460,11 +469,10 @@ class _SplitSink:
     def dataset(self, info: datasets.DatasetInfo) -> datasets.Dataset:
         with self._disk_errors():
             self.writer.close()
-            if self.path is None:
+            if self.output is None:
                 table = pa.ipc.open_stream(self.stream.getvalue()).read_all()
                 return datasets.Dataset(datasets.table.InMemoryTable(table), info=info)
-            self.stream.close()
-            os.replace(self.temp, self.path)  # a process still reading the previous table keeps its own copy
+            self.output.commit()  # a process still reading the previous table keeps its own copy
         return datasets.Dataset.from_file(str(self.path), info=info)
 
     @contextlib.contextmanager
@@ -473,16 +481,15 @@ class _SplitSink:
             yield
         except OSError as e:  # a full disk or a read-only cache: the user can fix it without touching the data
             raise DataError(
-                f"could not write the manifest's Arrow table {self.temp} ({e}); free some space there or point "
+                f"could not write the manifest's Arrow table {self.path} ({e}); free some space there or point "
                 f"HF_DATASETS_CACHE at another folder"
             ) from e
 
     def discard(self) -> None:
-        for closable in (self.writer, self.stream):
-            with contextlib.suppress(Exception):
-                closable.close()
-        if self.temp is not None:
-            self.temp.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        if self.output is not None:
+            self.output.discard()
 
 
 def _chunked(items: Iterator, size: int) -> Iterator[list]:

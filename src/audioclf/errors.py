@@ -41,5 +41,9 @@ class ModelError(AudioclfError):
     """A model cannot be found, built, loaded or used with this data."""
 
 
-class OutputExistsError(AudioclfError):
+class OutputError(AudioclfError):
+    """An output path cannot be written: something other than a regular file or folder is there."""
+
+
+class OutputExistsError(OutputError):
     """The output path exists and overwriting was not asked for."""

@@ -1,9 +1,9 @@
 """Scores a classifier's predictions against the true labels and writes the evaluation report.
 
 `build_report` turns true label ids and the model's class probabilities into an `EvalReport` (pure functions on
-arrays); `write_report` writes it as metrics.json, confusion.png, misclassified.csv and predictions.jsonl, each via a
-temporary file and a rename so a reader never sees half a file. `evaluate_clips` gets the probabilities from
-`Classifier.score_clips`, the scoring every other door uses, so a long clip's label here is the one `predict` gives.
+arrays); `write_report` writes it as metrics.json, confusion.png, misclassified.csv and predictions.jsonl, each whole
+or not at all (audioclf.files). `evaluate_clips` gets the probabilities from `Classifier.score_clips`, the scoring
+every other door uses, so a long clip's label here is the one `predict` gives.
 """
 
 from __future__ import annotations
@@ -11,25 +11,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
+from audioclf import files
 from audioclf.errors import DataError, ModelError
+from audioclf.files import CONFUSION_PLOT_FILE, METRICS_FILE, MISCLASSIFIED_FILE, PREDICTIONS_FILE
 
 TOP_K = 3  # alternatives listed for each misclassified clip
-METRICS_FILE = "metrics.json"
-CONFUSION_PLOT_FILE = "confusion.png"
-MISCLASSIFIED_FILE = "misclassified.csv"
-PREDICTIONS_FILE = "predictions.jsonl"  # one line per clip: path, true label, every label's score (predict's shape)
 CONFUSION_PLOT_DPI = 120
 
 
@@ -154,24 +149,21 @@ def write_report(report: EvalReport, report_dir: Path) -> dict[str, Path]:
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    metrics = report_dir / METRICS_FILE
-    _write_atomically(metrics, lambda f: f.write((json.dumps(report.to_dict(), indent=2) + "\n").encode()))
-    written = {
-        "metrics": metrics,
+    return {
+        "metrics": files.write_json(report_dir / METRICS_FILE, report.to_dict()),
         "confusion_plot": plot_confusion(report, report_dir / CONFUSION_PLOT_FILE),
-        "misclassified": report_dir / MISCLASSIFIED_FILE,
+        "misclassified": files.write_text(report_dir / MISCLASSIFIED_FILE, _misclassified_csv(report)),
+        "predictions": files.write_text(report_dir / PREDICTIONS_FILE,
+                                        "".join(json.dumps(clip) + "\n" for clip in report.clips)),
     }
-    _write_atomically(written["misclassified"], lambda f: f.write(_misclassified_csv(report).encode()))
-    written["predictions"] = report_dir / PREDICTIONS_FILE
-    _write_atomically(written["predictions"], lambda f: f.write("".join(json.dumps(c) + "\n" for c in report.clips).encode()))
-    return written
 
 
 def plot_confusion(report: EvalReport, path: Path) -> Path:
     """Draw the confusion matrix as a PNG at path: true labels down, predicted across, counts in the cells."""
     figure = _confusion_figure(report)
     path = Path(path)
-    _write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=CONFUSION_PLOT_DPI, bbox_inches="tight"))
+    with files.AtomicFile(path) as f:
+        figure.savefig(f, format="png", dpi=CONFUSION_PLOT_DPI, bbox_inches="tight")
     return path
 
 
@@ -234,19 +226,6 @@ def _misclassified_csv(report: EvalReport) -> str:
             flat[f"top{rank}_score"] = repr(alternative["score"])
         writer.writerow(flat)
     return buffer.getvalue()
-
-
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    # a temp file in the same directory, so the rename cannot cross file systems
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the report private to whoever ran the evaluation
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def evaluate_clips(classifier, clips, dataset, progress: bool = True, chunk: int = 64) -> EvalReport:

@@ -11,7 +11,6 @@ input carries outliers (see float_nodes). The quantized model's top-1 agreement 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -23,17 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
+from audioclf import files
 from audioclf.errors import ConfigError, ModelError, OutputExistsError
-from audioclf.infer import ONNX_MODEL_FILE, TRAIN_CONFIG_FILE, Classifier, OnnxBackend, TorchBackend
+from audioclf.files import EXPORT_RECORD_FILE, LABELS_FILE, MODEL_CONFIG_FILE, ONNX_MODEL_FILE, TRAIN_CONFIG_FILE
+from audioclf.infer import Classifier, OnnxBackend, TorchBackend
 
-EXPORT_RECORD_FILE = "onnx_export.json"
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # largest |ONNX logit - torch logit| accepted for the fp32 graph
 QUANTIZE_CHOICES = ("int8",)
 QUANTIZED_OPS = ["MatMul", "Gemm"]  # weights of linear and attention layers; Conv (the front end) stays float
 SYNTHETIC_CLIPS = 32  # clips the int8 agreement is measured on when no data is given
 SYNTHETIC_SECONDS = (0.8, 1.6, 2.4)  # their lengths cycle through these
-COPIED_FILES = (TRAIN_CONFIG_FILE, "labels.txt")  # the training record travels with the exported model
+COPIED_FILES = (TRAIN_CONFIG_FILE, LABELS_FILE)  # the training record travels with the exported model
 HEAD_MODULES = ("projector", "classifier")  # the head: under 1% of the work, and its errors land on the logits unsoftened
 OUTLIER_FACTOR = 4.0  # a linear layer whose inputs' peak-to-RMS ratio is this many times the median one's stays float
 
@@ -74,13 +74,9 @@ def export_onnx(model_dir: str | Path, output: str | Path, quantize: str | None 
     if bundle.model_type != "whisper" and bundle.model_type not in WAV2VEC2_FAMILY:
         raise ConfigError(f"export onnx: {bundle.model_type} models are not supported; "
                           f"supported: whisper, {', '.join(WAV2VEC2_FAMILY)}")
-    staging = output.with_name(output.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
+    with files.AtomicDirectory(output, overwrite=overwrite) as staging:  # on any failure, nothing is left behind
         torch_backend = TorchBackend(bundle)
-        bundle.model.config.to_json_file(staging / "config.json", use_diff=False)
+        bundle.model.config.to_json_file(staging / MODEL_CONFIG_FILE, use_diff=False)
         bundle.feature_extractor.save_pretrained(staging)
         for name in COPIED_FILES:
             if (Path(model_dir) / name).is_file():
@@ -116,13 +112,7 @@ def export_onnx(model_dir: str | Path, output: str | Path, quantize: str | None 
         record = {"format": "onnx", "opset": OPSET, "model_type": bundle.model_type, "inputs": input_names,
                   "source": str(model_dir), "quantized_ops": QUANTIZED_OPS if quantize else [],
                   **{k: v for k, v in report.to_dict().items() if k != "output"}}
-        (staging / EXPORT_RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if output.exists():
-        shutil.rmtree(output)
-    staging.replace(output)
+        files.write_json(staging / EXPORT_RECORD_FILE, record)
     return report
 
 

@@ -30,13 +30,12 @@ from audioclf.audio import AudioSource, describe_source, header_info, load_audio
 from audioclf.config import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_TOP_K
 from audioclf.errors import AudioLoadError, ConfigError, ModelError
 from audioclf.features import NumpyFeatures, WindowPlan, whisper_window_seconds
+from audioclf.files import MODEL_CONFIG_FILE, ONNX_MODEL_FILE, PREPROCESSOR_CONFIG_FILE, TRAIN_CONFIG_FILE
 
 DECODE_WORKERS = 2  # threads decoding and resampling files ahead of the model (soundfile and soxr release the GIL)
 CHUNK_BATCHES = 4  # files decoded ahead of the model, in batches: bounds the memory of decoded clips
 # Clips batched together with an attention mask differ in length by at most this factor, so padding stays small.
 MAX_PADDING_RATIO = 1.25
-ONNX_MODEL_FILE = "model.onnx"
-TRAIN_CONFIG_FILE = "train_config.json"
 
 
 @dataclass(frozen=True)
@@ -145,8 +144,8 @@ class OnnxBackend:
         import onnxruntime as ort
 
         directory = Path(directory)
-        config = _read_json(directory / "config.json")
-        preprocessor = _read_json(directory / "preprocessor_config.json")
+        config = _read_json(directory / MODEL_CONFIG_FILE)
+        preprocessor = _read_json(directory / PREPROCESSOR_CONFIG_FILE)
         self.model_type = config.get("model_type", "")
         self.id2label = {int(i): label for i, label in config["id2label"].items()}
         options = ort.SessionOptions()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from audioclf import files
 from audioclf.errors import ConfigError
 from audioclf.features import BatchFeaturizer
 from audioclf.model import ModelBundle
@@ -30,12 +30,7 @@ PROBE_STRENGTHS = (0.03, 0.3, 3.0)  # inverse L2 strengths (scikit-learn's C) tr
 OFF_LAYER_LOGIT = -30.0  # layer_weights of the layers a one-layer mixture leaves out: a softmax weight of about 1e-13
 PROBE_MAX_ITERATIONS = 2000  # L-BFGS iterations per fit at most; the demo's take 30-60
 ABSENT_LABEL_LOGIT = -1e4  # a label with no training clip is never predicted
-
-
-def cache_dir() -> Path:
-    """Where layer features are cached: $AUDIOCLF_HOME/cache/features, else ~/.cache/audioclf/cache/features."""
-    root = Path(os.environ.get("AUDIOCLF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "audioclf")
-    return root.expanduser() / "cache" / "features"
+FEATURE_CACHE = ("cache", "features")  # the folder of cached layer means, under audioclf's home
 
 
 def _fingerprint(bundle: ModelBundle, dataset, window: float, crop: str) -> str:
@@ -72,17 +67,15 @@ def layer_means(bundle: ModelBundle, featurizer: BatchFeaturizer, clips_dataset,
 
 
 def feature_cache_path(bundle: ModelBundle, dataset, window: float, crop: str) -> Path:
-    """Where layer_means of this model, window, crop and audio are cached (whether or not they are yet)."""
-    return cache_dir() / f"{_fingerprint(bundle, dataset, window, crop)}.npy"
+    """Where layer_means of this model, window, crop and audio are cached (whether or not they are yet), under
+    files.home_folder(*FEATURE_CACHE)."""
+    return files.home_folder(*FEATURE_CACHE) / f"{_fingerprint(bundle, dataset, window, crop)}.npy"
 
 
 def write_features(path: Path, features: np.ndarray) -> None:
     """Store features in the cache whole or not at all: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    with open(partial, "wb") as f:
+    with files.AtomicFile(path) as f:
         np.save(f, features)
-    os.replace(partial, path)
 
 
 def head_logits(model, features: torch.Tensor) -> torch.Tensor:

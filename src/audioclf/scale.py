@@ -19,7 +19,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from audioclf.audio import AudioSource, describe_source
 from audioclf.errors import ColumnError, ConfigError, DataError, OutputExistsError
+from audioclf.files import AtomicDirectory, check_replaceable
 
 RESULT_SCHEMA = pa.schema([
     ("path", pa.string()),
@@ -161,7 +161,9 @@ def results_table(rows: list[dict]) -> pa.Table:
 
 
 def check_output(out: Path, overwrite: bool) -> None:
-    """Raise OutputExistsError where OUT exists and is not to be overwritten."""
+    """Raise OutputExistsError where OUT exists and is not to be overwritten, OutputError where it is not a folder
+    or file that may be replaced."""
+    check_replaceable(out, folder=True)
     if os.path.lexists(out) and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
 
@@ -175,13 +177,10 @@ class ShardWriter:
             raise ConfigError(f"--format {format!r}: must be one of {', '.join(FORMATS)}")
         out = Path(out)
         check_output(out, overwrite)
-        out.parent.mkdir(parents=True, exist_ok=True)
         self.out = out
         self.format = format
-        self.temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.temp, 0o777 & ~umask)  # mkdtemp's folder is private; OUT gets the mode any new folder gets
+        self._staging = AtomicDirectory(out, overwrite=overwrite)
+        self.temp = self._staging.path
         self.rows = 0
         self.errors = 0
         self.shards = 0
@@ -207,12 +206,12 @@ class ShardWriter:
                 if self.shards == 0:  # no rows: one empty shard still carries the columns
                     self._open_shard()
                 self._close_shard()
-                self._replace_out()
+                self._staging.commit()
         finally:
             if self._file is not None:
                 self._file.close()
                 self._file = None
-            shutil.rmtree(self.temp, ignore_errors=True)  # gone already where it became OUT
+            self._staging.discard()  # nothing left to do where it became OUT
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -255,16 +254,6 @@ class ShardWriter:
         self._file.close()
         self._file = None
         self._shard_rows = 0
-
-    def _replace_out(self) -> None:
-        # the old OUT steps aside before the new one takes its name, and goes only once the new one is in place
-        old = None
-        if os.path.lexists(self.out):
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".old", dir=self.out.parent)) / "out"
-            os.replace(self.out, old)
-        os.replace(self.temp, self.out)
-        if old is not None:
-            shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def read_results(out: Path) -> pa.Table:

@@ -9,7 +9,6 @@ process computes its share, the Trainer handles DDP, and only the main process d
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -24,6 +23,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from audioclf import files
 from audioclf.config import DataSpec, ModelOptions, TrainOptions
 from audioclf.data import ClipSet, clip_samples, load_clips, split_dataset
 from audioclf.errors import AudioclfError, ConfigError, DataError, ModelError, OutputExistsError
@@ -376,28 +376,13 @@ def _output_paths(output: Path) -> tuple[Path, Path]:
     return work, work / "checkpoints"
 
 
-def _install(staging: Path, output: Path) -> None:
-    """Move a finished model directory into place; an old one (with --overwrite) goes only after."""
-    old = None
-    if output.exists():
-        old = output.with_name(output.name + f".old-{os.getpid()}")
-        os.replace(output, old)
-    try:
-        os.replace(staging, output)
-    except OSError:
-        if old is not None:
-            os.replace(old, output)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def check_run(output: Path, model_opts: ModelOptions, *, overwrite: bool = False, resume: bool = False,
               push_to_hub: bool = False) -> str | None:
     """What train() checks before any work: the output, the checkpoint to resume from, the Hub, the model.
     It only reads, so every process of a run can make the same checks and meet the same error; `audioclf train
     --nproc` makes them once before launching. Returns the checkpoint to resume from, if resuming."""
     work, checkpoints = _output_paths(Path(output))
+    files.check_replaceable(output, folder=True)
     if Path(output).exists() and not overwrite:
         raise OutputExistsError(f"--output {output}: already exists; pass --overwrite to replace it")
     last_checkpoint = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
@@ -478,16 +463,16 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
         as_run = replace(options, nproc=processes.count)  # so `--config train_config.json` has the same global batch
         resolved = {"data": asdict(data), "model": asdict(model_opts), "train": asdict(as_run), "window_seconds": window,
                     "versions": {"transformers": transformers.__version__, "torch": torch.__version__}}
-        (staging / "train_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (staging / "labels.txt").write_text("".join(label + "\n" for label in clips.labels))
+        files.write_json(staging / files.TRAIN_CONFIG_FILE, resolved)
+        files.write_json(staging / files.METRICS_FILE, metrics)
+        files.write_text(staging / files.LABELS_FILE, "".join(label + "\n" for label in clips.labels))
         if push_to_hub:
             if trainer is not None:
                 trainer.push_to_hub()  # with plain DDP its save involves no other process
             else:
                 bundle.model.push_to_hub(hub_model_id or output.name)
                 bundle.feature_extractor.push_to_hub(hub_model_id or output.name)
-        _install(staging, output)
+        files.install_directory(staging, output, overwrite=overwrite)  # an old one goes only once this is in place
         shutil.rmtree(work, ignore_errors=True)
     metrics = processes.broadcast(metrics)  # the others return once the model directory is in place
     return TrainResult(output=output, metrics=metrics, main_process=processes.is_main)
