@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from audioclf.errors import ModelError, OutputExistsError
+from audioclf.features import WHISPER_HOP_SAMPLES, WHISPER_N_FFT, WHISPER_SAMPLING_RATE, whisper_window_seconds
 from audioclf.files import (
     MODEL_CONFIG_FILE,
     PREPROCESSOR_CONFIG_FILE,
@@ -207,10 +208,6 @@ def write_ctranslate2(
 
 # --- Whisper: CTranslate2 names and shapes -> transformers ----------------------------------------
 
-SAMPLING_RATE = 16_000  # Hz; every Whisper model hears 16 kHz audio
-HOP_LENGTH = 160  # samples between mel frames: 10 ms at 16 kHz
-N_FFT = 400  # samples per STFT window: 25 ms at 16 kHz
-FRAMES_PER_POSITION = 2  # conv2 has stride 2: two mel frames per encoder position (3000 frames -> 1500)
 WHISPER_HEAD_DIM = 64  # every released Whisper size uses 64-wide heads; only a fallback if num_heads is missing
 WHISPER_SPEC = "WhisperSpec"
 ENGLISH_ONLY_VOCAB_SIZE = 51_864  # the *.en models; multilingual ones have 51865 (51866 for large-v3)
@@ -405,14 +402,13 @@ def import_ctranslate2(src_dir: str | os.PathLike, out_dir: str | os.PathLike, o
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         # safetensors creates its file owner-only; give it the mode the umask gave config.json.
         shutil.copymode(tmp / MODEL_CONFIG_FILE, tmp / WEIGHTS_FILE)
-        window_samples = config.max_source_positions * FRAMES_PER_POSITION * HOP_LENGTH
         feature_extractor = WhisperFeatureExtractor(
             feature_size=config.num_mel_bins,
-            sampling_rate=SAMPLING_RATE,
-            hop_length=HOP_LENGTH,
+            sampling_rate=WHISPER_SAMPLING_RATE,
+            hop_length=WHISPER_HOP_SAMPLES,
             # Whisper's encoder takes exactly this window; the extractor pads or cuts every clip to it.
-            chunk_length=window_samples // SAMPLING_RATE,
-            n_fft=N_FFT,
+            chunk_length=int(whisper_window_seconds(config.max_source_positions)),
+            n_fft=WHISPER_N_FFT,
         )
         feature_extractor.save_pretrained(tmp)
         provenance = {
