@@ -587,14 +587,14 @@ def _layer_means_across(bundle, featurizer, split, transform: ClipTransform, win
 
 def score_test_split(bundle: ModelBundle, window: float, clips: ClipSet, test_split, batch_size: int,
                  progress: bool) -> dict:
-    """The test figures of the trained model, scored exactly as the saved model directory will be by predict,
-    evaluate and serve (infer.Classifier with the same window plan), so metrics.json and `audioclf evaluate` agree."""
+    """The test report of the trained model (evaluate's EvalReport, as a dict), scored exactly as the saved model
+    directory will be by predict, evaluate and serve (infer.Classifier with the same window plan), so metrics.json
+    and `audioclf evaluate` agree."""
     from audioclf.evaluate import evaluate_clips
     from audioclf.infer import Classifier, TorchBackend
 
     classifier = Classifier(TorchBackend(bundle), batch_size=batch_size, trained_window_seconds=window)
-    report = evaluate_clips(classifier, clips, test_split, progress=progress)
-    return {"accuracy": report.accuracy, "macro_f1": report.macro_f1, "loss": report.loss, "n": report.n}
+    return evaluate_clips(classifier, clips, test_split, progress=progress).to_dict()
 
 
 def choose_window_from(dataset, requested: float | None, whisper: bool) -> float:
