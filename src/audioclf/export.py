@@ -24,6 +24,7 @@ import numpy as np
 
 from audioclf import files
 from audioclf.errors import ConfigError, ModelError, OutputExistsError
+from audioclf.features import WHISPER_FRAMES_PER_POSITION
 from audioclf.files import EXPORT_RECORD_FILE, LABELS_FILE, MODEL_CONFIG_FILE, ONNX_MODEL_FILE, TRAIN_CONFIG_FILE
 from audioclf.infer import Classifier, OnnxBackend, TorchBackend
 
@@ -137,7 +138,7 @@ def _export_graph(bundle, path: Path) -> list[str]:
     if bundle.model_type == "whisper":
         config = model.config
         names = ["input_features"]
-        example = (torch.zeros(2, config.num_mel_bins, 2 * config.max_source_positions),)
+        example = (torch.zeros(2, config.num_mel_bins, WHISPER_FRAMES_PER_POSITION * config.max_source_positions),)
         axes = {"input_features": {0: "batch"}}
     else:
         rate = bundle.sampling_rate

@@ -190,8 +190,8 @@ def load_model(model: str, labels: list[str] | None = None, weighted_layer_sum: 
 def fit_whisper_window(bundle: ModelBundle, seconds: int) -> None:
     """Shorten (or keep) a Whisper encoder's fixed window to `seconds`, in place.
 
-    transformers' Whisper encoder insists on exactly max_source_positions * 2 mel frames and mean-pools over
-    all of them, padding included, so the window should fit the clips. The positions table is cut and the
+    transformers' Whisper encoder insists on exactly max_source_positions * WHISPER_FRAMES_PER_POSITION mel frames
+    and mean-pools over all of them, padding included, so the window should fit the clips. The positions table is cut and the
     feature extractor's chunk length set to match, so the saved directory loads in the pipeline unchanged.
     """
     if bundle.model_type != "whisper":
