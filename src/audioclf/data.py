@@ -159,7 +159,7 @@ def inspect_clips(spec: DataSpec, progress: bool = True) -> InspectReport:
     rates = np.concatenate([s.rates[s.readable] for s in scans.values()])
     channels = np.concatenate([s.channels[s.readable] for s in scans.values()])
     return InspectReport(
-        source=source.where,
+        source=shown_path(source.where),
         labels={label: per_label.get(label, 0) for label in _sort_labels(set(source.declared_labels) | set(names))},
         splits={name: int(s.readable.sum()) for name, s in scans.items()},
         durations_seconds={
