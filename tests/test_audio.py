@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 import numpy as np
@@ -9,8 +10,10 @@ import pytest
 import soundfile as sf
 import soxr
 
-from audioclf.audio import MAX_SAMPLING_RATE, inspect_audio, load_audio, read_audio, to_mono
-from audioclf.errors import AudioLoadError
+from audioclf.audio import (MAX_CHANNELS, MAX_INPUT_SAMPLES_PER_SECOND, MAX_SAMPLE_PEAK, MAX_SAMPLING_RATE,
+                            STREAM_BLOCK_FRAMES, describe_source, header_info, inspect_audio, load_audio, read_audio,
+                            stream_audio, to_mono)
+from audioclf.errors import AudioLoadError, AudioTooLargeError, AudioTooLongError, UnsupportedAudioError
 from audioclf.testing import noise, tone, write_clip
 
 SAMPLING_RATE = 16_000
@@ -281,3 +284,141 @@ def test_sampling_rate_too_high(tmp_path):
 def test_bytes_are_named_by_the_given_name(tmp_path):
     with pytest.raises(AudioLoadError, match=r"^upload\.wav: not a readable audio file"):
         load_audio(b"not audio at all" * 10, SAMPLING_RATE, name="upload.wav")
+
+
+# --- hostile files (issue 13): bombs, unknown lengths, cut-off streams, absurd values ------------------------------
+
+
+def _unknown_length_flac(tmp_path, seconds=1.0, sampling_rate=SAMPLING_RATE):
+    """A FLAC whose STREAMINFO total-samples field is 0 ("unknown"), as streaming encoders leave it."""
+    path = write_clip(tmp_path / "known.flac", noise(seconds, sampling_rate, seed=7), sampling_rate, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    # "fLaC", a 4-byte block header, then STREAMINFO: 10 bytes of block/frame sizes, then 64 bits of
+    # rate (20), channels - 1 (3), bits - 1 (5) and total samples (36)
+    packed = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)
+    data[18:26] = packed.to_bytes(8, "big")
+    unknown = tmp_path / "unknown.flac"
+    unknown.write_bytes(bytes(data))
+    return path, unknown
+
+
+def test_a_flac_of_unknown_length_is_decoded_and_measured(tmp_path):
+    known, unknown = _unknown_length_flac(tmp_path)
+    assert sf.info(str(unknown)).frames == 2**63 - 1  # libsndfile's "unknown"
+
+    assert header_info(unknown).frames == 0
+    np.testing.assert_array_equal(load_audio(unknown, 8000), load_audio(known, 8000))
+    assert inspect_audio(unknown).frames == SAMPLING_RATE
+    assert load_audio(unknown, SAMPLING_RATE, max_seconds=1.0).shape == (SAMPLING_RATE,)
+    with pytest.raises(AudioTooLongError) as caught:
+        load_audio(unknown, SAMPLING_RATE, max_seconds=0.5)
+    assert not caught.value.known and "longer than 0.5 s" in caught.value.reason
+
+
+def test_the_whole_clip_path_is_the_block_loop(tmp_path):
+    channels = np.stack([noise(3.0, 44_100, seed=s) for s in range(2)], axis=1)
+    path = write_clip(tmp_path / "long.wav", channels, 44_100, subtype="FLOAT")
+
+    samples, info = read_audio(path)
+
+    np.testing.assert_array_equal(samples, channels)
+    assert info.frames == len(channels) > STREAM_BLOCK_FRAMES
+    np.testing.assert_array_equal(load_audio(path, 16_000), np.concatenate(list(stream_audio(path, 16_000))))
+    np.testing.assert_array_equal(load_audio(path, 16_000),
+                                  soxr.resample(channels.mean(axis=1), 44_100, 16_000, quality="HQ"))
+
+
+def _bomb(tmp_path, seconds=2.0, sampling_rate=655_350, channels=8):
+    """Silence at a high rate in many channels: a small FLAC that decodes to seconds x rate x channels floats."""
+    path = tmp_path / "bomb.flac"
+    with sf.SoundFile(str(path), "w", sampling_rate, channels, format="FLAC", subtype="PCM_16") as f:
+        f.write(np.zeros((int(seconds * sampling_rate), channels), np.float32))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_by_the_sample_budget(tmp_path):
+    path = _bomb(tmp_path)  # 10,485,600 samples in about 12 KB
+    assert path.stat().st_size < 20_000
+
+    with pytest.raises(AudioTooLargeError) as caught:
+        load_audio(path, SAMPLING_RATE, max_seconds=10)  # 2 s is within 10 s, but not 10,485,600 samples
+    assert caught.value.reason == (
+        "too many samples to decode: 8 channels x 1,310,700 frames (2.0 s at 655350 Hz) is 10,485,600; 10 s of audio "
+        f"may decode at most {10 * MAX_INPUT_SAMPLES_PER_SECOND:,} (384,000 a second, such as 192 kHz stereo or 48 kHz 7.1)")
+    # without a limit the same file decodes, a block at a time, to 2 s of mono
+    assert load_audio(path, SAMPLING_RATE).shape == (2 * SAMPLING_RATE,)
+
+
+def test_audio_over_max_seconds_is_refused_from_its_header(tmp_path):
+    path = _valid_wav(tmp_path)  # 0.5 s
+    assert load_audio(path, SAMPLING_RATE, max_seconds=0.5).shape == (8000,)
+    with pytest.raises(AudioTooLongError, match=r"the audio is 0\.5 s long; at most 0\.4 s is accepted") as caught:
+        load_audio(path, SAMPLING_RATE, max_seconds=0.4)
+    assert caught.value.known and caught.value.seconds == 0.5
+
+
+def test_too_many_channels(tmp_path):
+    path = write_clip(tmp_path / "many.wav", np.zeros((100, MAX_CHANNELS + 1), np.float32), 8000, subtype="PCM_16")
+    with pytest.raises(UnsupportedAudioError, match=rf"{MAX_CHANNELS + 1} channels \(at most {MAX_CHANNELS}"):
+        load_audio(path, 8000)
+    write_clip(tmp_path / "ok.wav", np.zeros((100, MAX_CHANNELS), np.float32), 8000, subtype="PCM_16")
+    assert load_audio(tmp_path / "ok.wav", 8000).shape == (100,)
+
+
+@pytest.mark.parametrize("peak, refused", [(MAX_SAMPLE_PEAK, False), (MAX_SAMPLE_PEAK * 1.01, True), (1e30, True)])
+def test_absurd_sample_values_are_refused_and_loud_float_files_kept(tmp_path, peak, refused):
+    clip = tone(440.0, 0.5, SAMPLING_RATE, amplitude=1.0)
+    clip[4000] = peak
+    path = write_clip(tmp_path / "loud.wav", clip, SAMPLING_RATE, subtype="FLOAT")
+    if refused:
+        _assert_fails(path, str(path), f"absurd sample values (peak {peak:.3g}")
+    else:  # kept as written: float files may go over full scale, and the pipeline would not scale them either
+        np.testing.assert_array_equal(load_audio(path, SAMPLING_RATE), clip)
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.5, 0.999])
+def test_an_ogg_cut_off_mid_stream_is_truncated_not_shorter(tmp_path, keep):
+    # libsndfile decodes what pages there are without an error; only its log says the stream has no end
+    data = write_clip(tmp_path / "clip.ogg", noise(3.0, SAMPLING_RATE, seed=8), SAMPLING_RATE).read_bytes()
+    cut = tmp_path / "cut.ogg"
+    cut.write_bytes(data[: int(keep * len(data))])
+
+    error = _assert_fails(cut, str(cut), "truncated or corrupt audio (the Ogg stream ends without its end-of-stream page)")
+    assert "empty" not in error.reason
+    with pytest.raises(AudioLoadError, match="end-of-stream page"):
+        list(stream_audio(cut, SAMPLING_RATE))
+
+
+def test_an_ogg_cut_inside_its_headers_is_truncated(tmp_path):
+    data = write_clip(tmp_path / "clip.ogg", noise(1.0, SAMPLING_RATE, seed=8), SAMPLING_RATE).read_bytes()
+    _assert_fails(data[:1000], "<1000 bytes>", "truncated or corrupt audio (Supported file format but file is malformed.)")
+
+
+def test_symbolic_links_that_lead_nowhere_say_so(tmp_path):
+    loop = tmp_path / "loop.wav"
+    loop.symlink_to(tmp_path / "other.wav")
+    (tmp_path / "other.wav").symlink_to(loop)
+    broken = tmp_path / "broken.wav"
+    broken.symlink_to(tmp_path / "gone.wav")
+
+    _assert_fails(loop, str(loop), "symbolic link loop")
+    _assert_fails(broken, str(broken), "broken symbolic link")
+
+
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    _assert_fails(fifo, str(fifo), "not a regular file")
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_shown_escaped(tmp_path):
+    good = _valid_wav(tmp_path)
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/bad\xffname.wav")
+    os.rename(good, odd)
+
+    assert load_audio(odd, SAMPLING_RATE).shape == (8000,)
+    assert describe_source(odd) == f"{tmp_path}/bad\\xffname.wav"
+    with pytest.raises(AudioLoadError) as caught:
+        load_audio(odd + ".missing", SAMPLING_RATE)
+    assert str(caught.value) == f"{tmp_path}/bad\\xffname.wav.missing: file not found"
+    str(caught.value).encode("utf-8")  # printable

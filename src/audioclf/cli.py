@@ -5,6 +5,7 @@ answers without loading torch."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import typer.core
 from audioclf.cli_options import config_options
 from audioclf.config import (API_KEY_ENV, SEED_PRESET, SEGMENTS_ALIASES, SEGMENTS_OPTION, DataSpec, InferOptions,
                              ModelOptions, ServeSettings, TrainOptions, option_help)
-from audioclf.errors import AudioclfError, ConfigError
+from audioclf.errors import AudioclfError, ConfigError, shown_path
 from audioclf.files import PREPROCESSOR_CONFIG_FILE, TRAIN_CONFIG_FILE
 
 try:  # recent typer vendors click; older ones use click itself
@@ -47,7 +48,8 @@ class _ErrorsAsMessages(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except AudioclfError as e:
-            typer.echo(f"error: {e}", err=True)
+            # messages write paths with shown_path; this also keeps one that took a raw path printable
+            typer.echo(f"error: {shown_path(str(e))}", err=True)
             raise typer.Exit(EXIT_ERROR) from None
         except UsageError as e:
             if type(e).__name__ == "NoArgsIsHelpError":  # `audioclf data`: click prints the help, not an error
@@ -320,16 +322,26 @@ def _expand_paths(given: list[str]) -> list[str]:
     paths on standard input, one per line."""
     paths: list[str] = []
     for item in given:
-        for path in ([line.rstrip("\r\n") for line in sys.stdin if line.strip()] if item == "-" else [item]):
+        for path in (_stdin_paths() if item == "-" else [item]):
             if Path(path).is_dir():
                 from audioclf.data import AUDIO_EXTENSIONS
 
                 root = Path(path)
+                # anything but a folder: a broken link or a pipe named .wav is reported, not silently left out
                 paths.extend(str(p) for p in sorted(root.rglob("*")) if p.suffix.lower() in AUDIO_EXTENSIONS
-                             and p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+                             and not p.is_dir() and not any(part.startswith(".") for part in p.relative_to(root).parts))
             else:
                 paths.append(path)
     return paths
+
+
+def _stdin_paths() -> list[str]:
+    """The paths on standard input, one per line, read as bytes so that a file name that is not UTF-8 survives (as
+    `os.fsdecode` gives it, like the names `os.listdir` returns)."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    return [os.fsdecode(line.rstrip(b"\r\n")) for line in stream if line.strip()]
 
 
 class _CsvOutput:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from audioclf import files
 from audioclf.audio import AudioSource, inspect_audio, load_audio
 from audioclf.config import DataSpec
-from audioclf.errors import AudioLoadError, ColumnError, ConfigError, DataError
+from audioclf.errors import AudioLoadError, ColumnError, ConfigError, DataError, shown_path
 
 DEMO_MANIFEST = Path(__file__).parent / "demo_data" / "minds14_synth" / "manifest.csv"
 
@@ -159,7 +159,7 @@ def inspect_clips(spec: DataSpec, progress: bool = True) -> InspectReport:
     rates = np.concatenate([s.rates[s.readable] for s in scans.values()])
     channels = np.concatenate([s.channels[s.readable] for s in scans.values()])
     return InspectReport(
-        source=source.where,
+        source=shown_path(source.where),
         labels={label: per_label.get(label, 0) for label in _sort_labels(set(source.declared_labels) | set(names))},
         splits={name: int(s.readable.sum()) for name, s in scans.items()},
         durations_seconds={
@@ -285,24 +285,53 @@ def _open_folder(root: Path, spec: DataSpec) -> _Source:
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_file():
+        if not entry.is_dir():
             if entry.suffix.lower() in AUDIO_EXTENSIONS:
-                top.append(ClipProblem(str(entry.resolve()), "not inside a label subfolder, so it has no label"))
+                top.append(ClipProblem(shown_path(_clip_path(entry)), "not inside a label subfolder, so it has no label"))
             continue
-        declared.append(entry.name)
+        if _is_text(entry.name):
+            declared.append(entry.name)
         for clip in sorted(entry.rglob("*")):
-            if clip.suffix.lower() in AUDIO_EXTENSIONS and not _hidden(clip.relative_to(entry)) and clip.is_file():
-                paths.append(str(clip.resolve()))
+            # anything but a folder: a broken link or a pipe named .wav is reported by decoding, not left out
+            if clip.suffix.lower() in AUDIO_EXTENSIONS and not _hidden(clip.relative_to(entry)) and not clip.is_dir():
+                path = _clip_path(clip)
+                if not _is_text(path):
+                    top.append(ClipProblem(shown_path(path), NOT_UTF8_FILE_NAME))
+                    continue
+                paths.append(path)
                 labels.append(entry.name)
     if not paths:
+        if top:
+            raise DataError(f"none of the clips in {shown_path(where)} could be used; the first: {top[0].path}: "
+                            f"{top[0].reason}")
         raise DataError(
-            f"no audio clips found in {where}: expected one subfolder per label holding audio files "
+            f"no audio clips found in {shown_path(where)}: expected one subfolder per label holding audio files "
             f"({', '.join(sorted(AUDIO_EXTENSIONS))})"
         )
     if spec.strict and top:
         raise DataError(f"{top[0].path}: {top[0].reason}")
     ds = datasets.Dataset.from_dict({"audio": paths, "label": labels}).cast_column("audio", datasets.Audio(decode=False))
     return _Source({"all": ds}, _text_label, where, declared_labels=declared, top_problems=top)
+
+
+# Arrow (and so every dataset) holds text as UTF-8; such a file can be classified by `predict` but not scanned here.
+NOT_UTF8_FILE_NAME = ("file name is not valid UTF-8, which a dataset's text columns cannot hold; rename it to use it "
+                      "(audioclf predict reads it as it is)")
+
+
+def _is_text(value: str) -> bool:
+    """Whether a str is valid UTF-8 text: not a file name with surrogate escapes for bytes that are not UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _clip_path(clip: Path) -> str:
+    """A clip's absolute path with its links resolved; a link that leads nowhere (broken, or a loop) keeps its own
+    name, so that decoding reports it as what it is."""
+    return str(clip.resolve()) if clip.exists() else str(clip.parent.resolve() / clip.name)
 
 
 def _open_manifest(manifest: Path, spec: DataSpec, progress: bool) -> _Source:
@@ -334,19 +363,25 @@ def _open_manifest(manifest: Path, spec: DataSpec, progress: bool) -> _Source:
 
     sinks: dict[str, _SplitSink] = {}
     found: set[str] = set()  # split names, including those --data-split leaves out
+    problems: list[ClipProblem] = []  # rows left out before scanning: values a table cannot hold
     try:
         desc = f"Reading {manifest.name}" if progress else None
         for chunk in _chunked(_manifest_reader(manifest, desc), MANIFEST_CHUNK_ROWS):
-            by_split: dict[str, list[dict]] = {}
+            by_split: dict[str, list[tuple[int, dict]]] = {}
             for line, row in chunk:
-                by_split.setdefault(_manifest_split(row, line, columns, where), []).append(row)
+                by_split.setdefault(_manifest_split(row, line, columns, where), []).append((line, row))
             found.update(by_split)
             for name, split_rows in by_split.items():
                 if spec.data_split and name != spec.data_split:
                     continue
                 if name not in sinks:
                     sinks[name] = _SplitSink(folder, name, schema)
-                sinks[name].write(_manifest_batch(split_rows, audio_column, label_column, extras, schema, base, where))
+                batch = [row for _, row in split_rows]
+                try:
+                    sinks[name].write(_manifest_batch(batch, audio_column, label_column, extras, schema, base, where))
+                except UnicodeEncodeError:  # a value that is not UTF-8 (a file name as os.listdir gives it)
+                    batch = _text_rows(split_rows, audio_column, base, where, spec.strict, problems)
+                    sinks[name].write(_manifest_batch(batch, audio_column, label_column, extras, schema, base, where))
         names = [name for name in (*SPLIT_NAMES, "all") if name in found]
         if spec.data_split and spec.data_split not in found:
             raise DataError(
@@ -358,7 +393,28 @@ def _open_manifest(manifest: Path, spec: DataSpec, progress: bool) -> _Source:
         for sink in sinks.values():
             sink.discard()
         raise
-    return _Source(splits, lambda label: label, where)
+    return _Source(splits, lambda label: label, where, top_problems=problems)
+
+
+def _text_rows(rows: list[tuple[int, dict]], audio_column: str, base: Path, where: str, strict: bool,
+               problems: list[ClipProblem]) -> list[dict]:
+    """The rows whose values are all UTF-8 text; each other one becomes a problem (a DataError when strict)."""
+    kept = []
+    for line, row in rows:
+        bad = next((column for column, value in row.items() if isinstance(value, str) and not _is_text(value)), None)
+        if bad is None:
+            kept.append(row)
+            continue
+        path = _manifest_path(row.get(audio_column), base)
+        if bad == audio_column:
+            problem = ClipProblem(shown_path(path), NOT_UTF8_FILE_NAME)
+        else:
+            problem = ClipProblem(shown_path(path or f"{where} line {line}"),
+                                  f"line {line}: column {shown_path(bad)!r} is not valid UTF-8 text")
+        if strict:
+            raise DataError(f"{problem.path}: {problem.reason}")
+        problems.append(problem)
+    return kept
 
 
 def _manifest_split(row: dict, line: int, columns: list[str], where: str) -> str:
@@ -399,8 +455,13 @@ def _jsonl_types(manifest: Path, where: str, raw_columns: tuple[str, ...], progr
             if column in raw_columns:
                 types[column] = pa.string()
                 continue
+            values = [row.get(column) for _, row in chunk]
             try:
-                types[column] = _unify_types(known, pa.array([row.get(column) for _, row in chunk]).type)
+                try:
+                    found = pa.array(values).type
+                except UnicodeEncodeError:  # text that is not UTF-8: its row is left out later (_text_rows)
+                    found = pa.array([_typed_as_text(value) for value in values]).type
+                types[column] = _unify_types(known, found)
             except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
                 types[column] = _unify_rows(known, column, chunk, where)
     return types
@@ -411,7 +472,7 @@ def _unify_rows(known: pa.DataType, column: str, chunk: list[tuple[int, dict]], 
     for line, row in chunk:
         value = row.get(column)
         try:
-            known = _unify_types(known, pa.array([value]).type)
+            known = _unify_types(known, pa.array([_typed_as_text(value)]).type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
             raise DataError(
@@ -419,6 +480,11 @@ def _unify_rows(known: pa.DataType, column: str, chunk: list[tuple[int, dict]], 
                 f"values ({e}); give the column one type"
             ) from e
     return known
+
+
+def _typed_as_text(value: Any) -> Any:
+    """A value Arrow can type: text that is not UTF-8 as its shown form (still text), anything else as it is."""
+    return shown_path(value) if isinstance(value, str) and not _is_text(value) else value
 
 
 def _unify_types(known: pa.DataType, new: pa.DataType) -> pa.DataType:
@@ -519,7 +585,8 @@ def _manifest_reader(manifest: Path, desc: str | None) -> Iterator[tuple[int, di
     delimiter = _manifest_delimiter(manifest)
     total = manifest.stat().st_size
     with manifest.open("rb") as raw, tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=desc is None) as bar:
-        f = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="" if delimiter else None)
+        # bytes that are not UTF-8 (a file name as a Latin-1 system wrote it) come through as `os.fsdecode` gives them
+        f = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="" if delimiter else None)
         for n, (line, row) in enumerate(_manifest_rows(f, manifest, delimiter), start=1):
             yield line, row
             if n % PROGRESS_EVERY_ROWS == 0:
@@ -533,7 +600,7 @@ def manifest_columns(manifest: Path) -> list[str]:
     manifest = Path(manifest)
     delimiter = _manifest_delimiter(manifest)
     if delimiter is not None:
-        with manifest.open(newline="", encoding="utf-8-sig") as f:
+        with manifest.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             return list(csv.DictReader(f, delimiter=delimiter).fieldnames or [])
     columns: dict[str, None] = {}  # an ordered set
     for _, row in iter_manifest(manifest):

@@ -1,7 +1,23 @@
 """Domain errors. Library code raises these; only the CLI and the server turn them into messages.
 
-Every message says what was wrong, where (file, column, flag) and, where it helps, what would be valid.
+Every message says what was wrong, where (file, column, flag) and, where it helps, what would be valid. A path in a
+message is written by `shown_path`.
 """
+
+from __future__ import annotations
+
+import os
+
+
+def shown_path(path: str | os.PathLike | bytes) -> str:
+    r"""A path as shown to the user, in every message and output: its text, with any bytes that are not valid UTF-8
+    (which Python holds as surrogate escapes, as `os.listdir` gives them) written as \xNN, so that a terminal, JSON
+    and Arrow's UTF-8 columns can always take it: the file b"bad\xffname.wav" is shown as bad\xffname.wav."""
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate no file system gave, such as a JSON "\ud800": shown as that escape
+        return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 class AudioclfError(Exception):
@@ -15,6 +31,27 @@ class AudioLoadError(AudioclfError):
         self.source = source
         self.reason = reason
         super().__init__(f"{source}: {reason}")
+
+
+class UnsupportedAudioError(AudioLoadError):
+    """Not audio that audioclf reads: no format libsndfile recognises, or a sampling rate or channel count outside
+    the supported range (the service answers 415)."""
+
+
+class AudioTooLongError(AudioLoadError):
+    """A clip is longer than the caller's limit: its header says so, or decoding passed the limit (when the header
+    does not give the length, `known` is False and `seconds` is where decoding stopped)."""
+
+    def __init__(self, source: str, seconds: float, limit_seconds: float, known: bool = True):
+        self.seconds, self.limit_seconds, self.known = seconds, limit_seconds, known
+        length = (f"{seconds:.1f} s long" if known else
+                  f"longer than {limit_seconds:g} s (its header does not give its length; decoding stopped there)")
+        super().__init__(source, f"the audio is {length}; at most {limit_seconds:g} s is accepted")
+
+
+class AudioTooLargeError(AudioLoadError):
+    """A clip within the length limit would still decode too many samples (frames x channels): a very high
+    sampling rate or many channels, as in a decompression bomb."""
 
 
 class DataError(AudioclfError):

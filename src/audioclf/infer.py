@@ -78,7 +78,12 @@ class Outcome:
 
 
 def top_k(probabilities: np.ndarray, id2label: dict[int, str], k: int | None) -> list[dict]:
-    """The k most likely labels of one clip as `[{"label", "score"}]`, highest first (all with k None)."""
+    """The k most likely labels of one clip as `[{"label", "score"}]`, highest first (all with k None).
+
+    Every door's scores become predictions here, so this is where a NaN score stops: a ModelError, never a NaN in
+    JSON (`predict` reports it as that file's error, the service as a 500)."""
+    if not np.isfinite(probabilities).all():
+        raise ModelError("the model gave non-finite scores (NaN or infinity); its weights or its input are broken")
     order = np.argsort(-probabilities, kind="stable")
     if k is not None:
         order = order[: max(1, k)]
@@ -354,8 +359,12 @@ class Classifier:
                     continue
             else:
                 scores = next(held)
-            yield Outcome(d.name, predictions=scores.predictions(self.id2label, k),
-                          segments=scores.segments(self.id2label, k) if segments else None, scores=scores)
+            try:
+                outcome = Outcome(d.name, predictions=scores.predictions(self.id2label, k),
+                                  segments=scores.segments(self.id2label, k) if segments else None, scores=scores)
+            except ModelError as e:  # non-finite scores: this file's error, not the end of the run
+                outcome = Outcome(d.name, error=str(e))
+            yield outcome
 
     def _score_stream(self, windows: Iterator[tuple[int, np.ndarray]]) -> ClipScores:
         """Windows of a stream, scored a batch at a time as they arrive; only their probabilities are kept."""

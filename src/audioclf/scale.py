@@ -8,7 +8,8 @@ bytes that a user already has. Ray is an optional extra (`pip install 'audioclf[
 only when asked for.
 
 A result row is `{"path", "labels", "scores", "error"}`: the top-k labels and their scores, highest first, exactly
-the predictions `audioclf predict` gives, or the reason the file could not be classified.
+the predictions `audioclf predict` gives, or the reason the file could not be classified. The path is as
+`errors.shown_path` shows it (a file name that is not UTF-8 with its odd bytes as \\xNN), since a column holds text.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from audioclf.audio import AudioSource, describe_source
-from audioclf.errors import ColumnError, ConfigError, DataError, OutputExistsError
+from audioclf.errors import ColumnError, ConfigError, DataError, OutputExistsError, shown_path
 from audioclf.files import AtomicDirectory, check_replaceable
 
 RESULT_SCHEMA = pa.schema([
@@ -140,16 +141,16 @@ def classify_items(classifier, items: Iterable[Item], top_k: int | None = 5) -> 
             yield _failed(waiting.popleft())
         item = waiting.popleft()
         if outcome.error is not None:
-            yield {"path": item.path, "labels": None, "scores": None, "error": outcome.error}
+            yield {"path": shown_path(item.path), "labels": None, "scores": None, "error": outcome.error}
         else:
-            yield {"path": item.path, "labels": [p["label"] for p in outcome.predictions],
+            yield {"path": shown_path(item.path), "labels": [p["label"] for p in outcome.predictions],
                    "scores": [p["score"] for p in outcome.predictions], "error": None}
     while waiting:  # only items that carried their error are left
         yield _failed(waiting.popleft())
 
 
 def _failed(item: Item) -> dict:
-    return {"path": item.path, "labels": None, "scores": None, "error": item.error}
+    return {"path": shown_path(item.path), "labels": None, "scores": None, "error": item.error}
 
 
 def results_table(rows: list[dict]) -> pa.Table:

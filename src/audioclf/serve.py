@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import io
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,16 +23,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import soundfile as sf
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from audioclf.audio import load_audio
+from audioclf.audio import MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_SAMPLING_RATE, load_audio
 from audioclf.config import ServeSettings
-from audioclf.errors import AudioLoadError, ConfigError
+from audioclf.errors import (AudioLoadError, AudioTooLargeError, AudioTooLongError, ConfigError,
+                             UnsupportedAudioError)
 from audioclf.features import WindowPlan
 from audioclf.config import SEGMENTS_ALIASES, SEGMENTS_HELP, SEGMENTS_OPTION
 from audioclf.infer import ClipScores
@@ -84,10 +83,18 @@ def _error_response(status: int, code: str, message: str, headers: dict[str, str
 
 
 def _audio_error(e: AudioLoadError) -> ApiError:
-    # "not a readable audio file" is libsndfile failing to recognise any format: the media type is the problem;
-    # everything else (empty, truncated, NaN, absurd rate) is a recognised format with unusable content.
-    if e.reason.startswith("not a readable audio file"):
-        return ApiError(415, "unsupported_audio", f"{e} (send WAV, FLAC, OGG or MP3)")
+    """The answer to audio that cannot be classified: 413 for audio over the length limit or its budget of samples
+    to decode, 415 for what audioclf does not read (no format libsndfile recognises, an unsupported sampling rate or
+    channel count), 422 for a recognised format with unusable content (empty, truncated, NaN, absurd values)."""
+    if isinstance(e, AudioTooLongError):
+        length = f"{e.seconds:.1f} s long" if e.known else f"longer than {e.limit_seconds:g} s (its header does not say)"
+        return ApiError(413, "audio_too_long", f"{e.source}: the audio is {length}; this server accepts at most "
+                                               f"{e.limit_seconds:g} s (--max-audio-seconds)")
+    if isinstance(e, AudioTooLargeError):
+        return ApiError(413, "audio_too_large", f"{e} (the budget follows --max-audio-seconds)")
+    if isinstance(e, UnsupportedAudioError):
+        return ApiError(415, "unsupported_audio", f"{e} (send WAV, FLAC, OGG or MP3 at {MIN_SAMPLING_RATE}-"
+                                                  f"{MAX_SAMPLING_RATE} Hz with at most {MAX_CHANNELS} channels)")
     return ApiError(422, "invalid_audio", str(e))
 
 
@@ -394,34 +401,15 @@ async def read_upload(request: Request, max_bytes: int, max_upload_mb: float) ->
         raise _too_large(max_upload_mb) from None
 
 
-def declared_seconds(data: bytes) -> float | None:
-    """The duration a file's header declares, without decoding it (None when the header cannot be read).
-
-    A few MiB of compressed audio can decode to hours of samples, so long clips are refused before decoding."""
-    try:
-        info = sf.info(io.BytesIO(data))
-    except (RuntimeError, ValueError, TypeError, OSError):  # the full decode then says what is wrong
-        return None
-    return info.frames / info.samplerate if info.samplerate > 0 and info.frames > 0 else None
-
-
 def decode_upload(data: bytes, name: str, sampling_rate: int, max_audio_seconds: float) -> np.ndarray:
-    """Float32 mono samples at `sampling_rate`, or an ApiError: 415/422 for unusable audio, 413 for too long."""
-
-    def too_long(seconds: float) -> ApiError:
-        return ApiError(413, "audio_too_long", f"{name}: the audio is {seconds:.1f} s long; this server accepts at "
-                                               f"most {max_audio_seconds:g} s (--max-audio-seconds)")
-
-    seconds = declared_seconds(data)
-    if seconds is not None and seconds > max_audio_seconds:
-        raise too_long(seconds)
+    """Float32 mono samples at `sampling_rate`, or an ApiError: 415/422 for unusable audio, 413 for too long or too
+    many samples to decode. A few MiB of compressed audio can declare hours of samples, so the limit is checked from
+    the header before decoding, and while decoding where the header does not give the length; decoding holds one
+    block of the upload's frames at a time."""
     try:
-        samples = load_audio(data, sampling_rate, name=name)
+        return load_audio(data, sampling_rate, name=name, max_seconds=max_audio_seconds)
     except AudioLoadError as e:
         raise _audio_error(e) from None
-    if len(samples) / sampling_rate > max_audio_seconds:
-        raise too_long(len(samples) / sampling_rate)
-    return samples
 
 
 # --- the app ------------------------------------------------------------------------------------
