@@ -54,6 +54,10 @@ logger = logging.getLogger("audioclf.serve")
 
 RETRY_AFTER_SECONDS = 1  # what a 503 for a full queue or too many connections tells clients to wait
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away before its answer; nobody receives it
+# An answer sent before its request's body was read (413, 401, 404...) ends its connection; the rest of the body is
+# read and dropped this long first, since closing a socket with unread data resets it, and the reset can reach the
+# client before it has read its answer.
+LINGER_SECONDS = 1.0
 MAX_NAME_CHARS = 120  # an uploaded file name is echoed in error messages; keep it short
 LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -685,9 +689,11 @@ class GuardedH11Protocol(H11Protocol):
 
     uvicorn times out idle kept-alive connections but has no read timeout: a client that sends half a request
     head (or one byte of it every few seconds) holds its connection, and a place under --max-connections, for as
-    long as it likes. Here a head must be complete within `header_timeout_seconds` of the connection opening or
-    of its first byte on a kept-alive connection; past it the connection gets a 408 (closed silently if it sent
-    nothing). What the protocol refuses itself (timeouts, unparsable or oversized heads) gets the service's JSON
+    long as it likes, and each byte of a body sent after its request was answered (a 413 before reading it) puts
+    off the keep-alive timeout again. Here a head must be complete within `header_timeout_seconds` of the connection
+    opening or of its first byte on a kept-alive connection; past it the connection gets a 408 (closed silently if
+    it sent nothing); and a connection whose request was answered before its body was read is closed, after
+    LINGER_SECONDS of dropping what still arrives. What the protocol refuses itself (timeouts, unparsable or oversized heads) gets the service's JSON
     error and a count in /metrics; the cap on connections is answered by the app (`_Admission`), from the counts
     this protocol puts in the request's scope, so its 503 is logged and counted by path like any other."""
 
@@ -698,6 +704,7 @@ class GuardedH11Protocol(H11Protocol):
         self.metrics = metrics
         self.header_timeout_seconds = header_timeout_seconds
         self.head_timer: asyncio.TimerHandle | None = None
+        self.lingering = False
         # uvicorn's own check on limit_concurrency answers in text/plain; the app answers it as JSON instead
         self.max_connections, self.limit_concurrency = self.limit_concurrency, None
         self.app = self._app_with_connection_counts
@@ -713,6 +720,8 @@ class GuardedH11Protocol(H11Protocol):
         self._start_head_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:  # the rest of a body nobody will read
+            return
         if self.conn.their_state is h11.IDLE and self.head_timer is None:
             self._start_head_timer()  # the first byte of the next request on a kept-alive connection
         super().data_received(data)
@@ -722,6 +731,15 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self._unset_keepalive_if_required()
+            self.lingering = True
+            if self.transport.can_write_eof():  # not over TLS
+                self.transport.write_eof()  # the answer, then the end of what this side sends
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def send_400_response(self, msg: str) -> None:
         error = self.conn.protocol_error
