@@ -288,7 +288,8 @@ class _Admission:
                 message = await asyncio.wait_for(receive(), deadline - loop.time())
             except TimeoutError:
                 raise ApiError(408, "body_timeout", f"the request body did not arrive within "
-                               f"{self.body_timeout_seconds:g} s (--body-timeout-seconds)", {"Connection": "close"}) from None
+                               f"{self.body_timeout_seconds:g} s (--body-timeout-seconds)",
+                               {"Connection": "close"}) from None
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
