@@ -8,20 +8,23 @@ import io
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+import uvicorn
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from audioclf.errors import ConfigError
 from audioclf.infer import Classifier, load_classifier, top_k
-from audioclf.serve import ServeSettings, create_app
+from audioclf.serve import CONNECTIONS_EXTENSION, GuardedH11Protocol, ServeSettings, create_app, uvicorn_options
 from audioclf.testing import class_clip, save_tone_model
 
 LABELS = ["low", "high", "noise"]
@@ -58,6 +61,107 @@ def running(classifier, **settings):
             assert time.monotonic() < deadline, "the app never became ready"
             time.sleep(0.02)
         yield client
+
+
+@dataclasses.dataclass
+class LiveServer:
+    """A real uvicorn server on loopback, run as `audioclf serve` runs it, and what its app answered."""
+
+    port: int
+    app: object
+    answers: list[tuple[int, str | None]]  # (status, error code) of each response the app sent, read or not
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def live_server(classifier, **settings):
+    """uvicorn with `uvicorn_options` (the options `serve` runs it with) in a thread, on a free port, until /readyz
+    says ready. The app is wrapped only to note what it answers, so a test can see the answer to a client that left."""
+    settings = ServeSettings(**settings)
+    app = create_app(classifier, settings)
+    answers: list[tuple[int, str | None]] = []
+
+    async def noting_answers(scope, receive, send):
+        status = None
+
+        async def note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and status is not None:
+                try:
+                    code = json.loads(message.get("body", b""))["error"]["code"]
+                except (ValueError, KeyError, TypeError):
+                    code = None
+                answers.append((status, code))
+                status = None
+            await send(message)
+
+        await app(scope, receive, note if scope["type"] == "http" else send)
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(noting_answers, **uvicorn_options(app, settings)))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    live = LiveServer(listener.getsockname()[1], app, answers)
+    try:
+        deadline = time.monotonic() + 30
+        with httpx.Client(trust_env=False, timeout=5) as client:
+            while True:
+                assert time.monotonic() < deadline and thread.is_alive(), "the server never became ready"
+                try:
+                    if client.get(f"{live.url}/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+        answers.clear()
+        yield live
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        listener.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class RawResponse:
+    status: int | None  # None: the server closed the connection without answering
+    headers: dict[str, str]
+    body: bytes
+    seconds: float  # from the end of what was sent until the server closed the connection (or stopped sending)
+    closed: bool
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def read_response(sock: socket.socket, wait_seconds: float = 10) -> RawResponse:
+    """Everything the server sends on `sock` until it closes the connection (or `wait_seconds` pass)."""
+    started = time.monotonic()
+    sock.settimeout(wait_seconds)
+    data, closed = b"", False
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+        closed = True
+    except TimeoutError:
+        pass
+    except ConnectionResetError:
+        closed = True
+    seconds = time.monotonic() - started
+    if not data:
+        return RawResponse(None, {}, b"", seconds, closed)
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in header_lines)
+    return RawResponse(int(status_line.split()[1]), headers, body, seconds, closed)
 
 
 @pytest.fixture(scope="module")
@@ -286,19 +390,35 @@ def test_wrong_path_and_method_are_json_404_and_405(client):
     assert response.headers["allow"] == "GET"
 
 
-def test_api_key_is_required_on_v1_only(classifier, monkeypatch):
+OPEN_PATHS = ("/healthz", "/readyz", "/")  # what probes and the page need, open whatever the settings
+
+
+def test_api_key_is_required_on_v1_metrics_and_schema(classifier):
     samples = wav_bytes(clip("low"))
     with running(classifier, api_key="s3cret") as client:
         for request in (lambda **kw: client.post("/v1/classify", content=samples, **kw),
-                        lambda **kw: client.get("/v1/labels", **kw)):
+                        lambda **kw: client.get("/v1/labels", **kw),
+                        lambda **kw: client.get("/metrics", **kw),
+                        lambda **kw: client.get("/openapi.json", **kw)):
             response = request()
             assert_error(response, 401, "unauthorized", "Bearer")
             assert response.headers["www-authenticate"] == "Bearer"
             assert_error(request(headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
             assert_error(request(headers={"Authorization": "s3cret"}), 401, "unauthorized")
             assert request(headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        for path in ("/healthz", "/readyz", "/", "/metrics", "/openapi.json"):
+        for path in OPEN_PATHS:
             assert client.get(path).status_code == 200, path
+        spec = client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()
+        assert "/openapi.json" not in spec["paths"] and "/metrics" in spec["paths"]
+
+
+def test_open_metrics_and_schema_opens_only_those_two(classifier):
+    with running(classifier, api_key="s3cret", open_metrics_and_schema=True) as client:
+        for path in ("/metrics", "/openapi.json", *OPEN_PATHS):
+            assert client.get(path).status_code == 200, path
+        assert_error(client.get("/v1/labels"), 401, "unauthorized")
+        assert_error(client.post("/v1/classify", content=wav_bytes(clip("low"))), 401, "unauthorized")
+        assert "audioclf_requests_total" in client.get("/metrics").text
 
 
 def test_without_an_api_key_v1_is_open(client):
@@ -318,7 +438,9 @@ def test_cors_is_closed_unless_an_origin_is_given(client, classifier):
 
 
 @pytest.mark.parametrize("name, value", [("max_batch", 0), ("max_queue", 0), ("top_k", 0), ("max_upload_mb", 0),
-                                         ("max_wait_ms", -1), ("max_audio_seconds", -5), ("port", 0)])
+                                         ("max_wait_ms", -1), ("max_audio_seconds", -5), ("port", 0),
+                                         ("header_timeout_seconds", 0), ("body_timeout_seconds", -1),
+                                         ("keep_alive_seconds", 0), ("max_connections", 0), ("max_header_kb", 0)])
 def test_settings_are_checked(name, value):
     with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} {value}"):
         ServeSettings(**{name: value})
@@ -336,10 +458,14 @@ def test_cli_serve_maps_every_flag_onto_serve_settings(monkeypatch, tmp_path):
     assert calls[-1] == (tmp_path, ServeSettings())  # the CLI's defaults are the settings' defaults
     args = ["serve", str(tmp_path), "--host", "0.0.0.0", "--port", "9001", "--max-batch", "3", "--max-wait-ms", "2.5",
             "--max-queue", "7", "--max-upload-mb", "1.5", "--max-audio-seconds", "30", "--api-key", "k",
-            "--cors-origin", "http://a.test", "--cors-origin", "http://b.test", "--top-k", "2"]
+            "--cors-origin", "http://a.test", "--cors-origin", "http://b.test", "--top-k", "2",
+            "--open-metrics-and-schema", "--header-timeout-seconds", "3", "--body-timeout-seconds", "20",
+            "--keep-alive-seconds", "2.5", "--max-connections", "40", "--max-header-kb", "8"]
     assert runner.invoke(app, args).exit_code == 0
     want = ServeSettings(host="0.0.0.0", port=9001, max_batch=3, max_wait_ms=2.5, max_queue=7, max_upload_mb=1.5,
-                         max_audio_seconds=30, api_key="k", cors_origins=("http://a.test", "http://b.test"), top_k=2)
+                         max_audio_seconds=30, api_key="k", cors_origins=("http://a.test", "http://b.test"), top_k=2,
+                         open_metrics_and_schema=True, header_timeout_seconds=3, body_timeout_seconds=20,
+                         keep_alive_seconds=2.5, max_connections=40, max_header_kb=8)
     assert calls[-1][1] == want
     assert all(getattr(want, f.name) != f.default for f in dataclasses.fields(ServeSettings))  # every flag was wired
     assert runner.invoke(app, ["serve", str(tmp_path)], env={"AUDIOCLF_API_KEY": "from-env"}).exit_code == 0
@@ -544,3 +670,161 @@ def test_warm_up_is_a_full_batch_of_window_long_clips_before_ready(classifier):
     window_samples = classifier.plan.window_samples
     assert window_samples == RATE  # the tiny tone model's 1 s window
     assert lengths[0] == [window_samples] * 3
+
+
+# --- slow, vanished and excess clients ----------------------------------------------------------
+# The hostile requests themselves, each with its exact answer, are the corpus in test_bad_service_inputs.py.
+
+
+def asgi_post(app, receive, headers=()) -> list[dict]:
+    """Run one POST /v1/classify through the app with this receive; the messages it sent."""
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "http_version": "1.1", "method": "POST", "path": "/v1/classify", "raw_path": b"/v1/classify",
+             "root_path": "", "scheme": "http", "query_string": b"", "server": ("127.0.0.1", 8000),
+             "client": ("127.0.0.1", 5000), "headers": [(b"content-length", b"100000"), *headers]}
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_a_body_that_stops_arriving_is_408_after_the_body_timeout(classifier):
+    app = create_app(classifier, ServeSettings(body_timeout_seconds=0.3))
+    calls = 0
+
+    async def receive():
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            return {"type": "http.request", "body": b"\0" * 100, "more_body": True}
+        await asyncio.Event().wait()  # the client stops sending
+
+    started = time.monotonic()
+    sent = asgi_post(app, receive)
+    assert 0.3 <= time.monotonic() - started < 2
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    error = json.loads(sent[1]["body"])["error"]
+    assert error["code"] == "body_timeout" and "--body-timeout-seconds" in error["message"]
+
+
+@pytest.mark.parametrize("content_type", [b"audio/wav", b"multipart/form-data; boundary=xyz"])
+def test_a_client_that_leaves_mid_body_is_a_499_on_one_line_not_a_500(classifier, caplog, content_type):
+    app = create_app(classifier, ServeSettings())
+    messages = iter([{"type": "http.request", "body": b'--xyz\r\nContent-Disposition: form-data; name="file"',
+                      "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive():
+        return next(messages)
+
+    caplog.set_level(logging.INFO)
+    sent = asgi_post(app, receive, [(b"content-type", content_type)])
+    assert sent[0]["status"] == 499
+    assert json.loads(sent[1]["body"])["error"]["code"] == "client_disconnected"
+    records = [r for r in caplog.records if r.name.startswith(("audioclf", "uvicorn"))]
+    assert [r.getMessage().split(" ", 2)[:2] for r in records] == [["POST", "/v1/classify"]]
+    assert records[0].levelno == logging.INFO and records[0].exc_info is None
+    assert re.fullmatch(r"POST /v1/classify 499 \d+\.\d ms \(the client closed the connection\)", records[0].getMessage())
+    assert 'path="/v1/classify",status="499"} 1' in app.state.metrics.render(0, True)
+    assert 'status="500"' not in app.state.metrics.render(0, True)
+
+
+def test_the_connection_counts_from_the_protocol_decide_the_503(classifier):
+    app = create_app(classifier, ServeSettings())
+    with TestClient(app) as client:
+        for open_now, status in ((4, 200), (5, 503)):
+            scope_extension = {CONNECTIONS_EXTENSION: {"open": open_now, "max": 4}}
+            sent: list[dict] = []
+
+            async def send(message):
+                sent.append(message)
+
+            async def receive():
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": "/healthz", "raw_path": b"/healthz",
+                     "root_path": "", "scheme": "http", "query_string": b"", "server": ("127.0.0.1", 8000),
+                     "client": ("127.0.0.1", 5000), "headers": [], "extensions": scope_extension}
+            client.portal.call(app, scope, receive, send)
+            assert sent[0]["status"] == status
+        assert json.loads(sent[1]["body"])["error"]["code"] == "too_many_connections"
+        assert dict(sent[0]["headers"])[b"retry-after"] == b"1"
+
+
+def test_uvicorn_runs_with_every_connection_setting(classifier):
+    settings = ServeSettings(host="::1", port=9001, keep_alive_seconds=2.5, max_connections=40, max_header_kb=8,
+                             header_timeout_seconds=3)
+    app = create_app(classifier, settings)
+    config = uvicorn.Config(app, **uvicorn_options(app, settings))
+    assert (config.host, config.port) == ("::1", 9001)
+    assert (config.timeout_keep_alive, config.limit_concurrency, config.h11_max_incomplete_event_size) == (2.5, 40, 8192)
+    assert config.http.func is GuardedH11Protocol and config.ws == "none"
+    assert config.http.keywords == {"metrics": app.state.metrics, "header_timeout_seconds": 3}
+
+
+def test_slow_header_clients_are_cut_off_and_normal_requests_go_on(classifier):
+    """Issue 13's attack in miniature, over real sockets: more half-sent heads than --max-connections. While they
+    are held, a request gets the 503; within --header-timeout-seconds each is answered 408 and closed; then the
+    server answers normally."""
+    timeout = 1.0
+    with live_server(classifier, header_timeout_seconds=timeout, max_connections=20) as server:
+        slow = [server.connect() for _ in range(30)]
+        for sock in slow:
+            sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Len")
+        started = time.monotonic()
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            response = client.get(f"{server.url}/healthz")
+            assert_error(response, 503, "too_many_connections", "--max-connections")
+            for sock in slow:
+                answer = read_response(sock, wait_seconds=timeout + 5)
+                assert answer.closed and answer.status == 408 and answer.json()["error"]["code"] == "header_timeout"
+                sock.close()
+            assert time.monotonic() - started < timeout + 2
+            samples = clip("high", seed=12)
+            response = client.post(f"{server.url}/v1/classify", content=wav_bytes(samples))
+            assert response.status_code == 200, response.text
+            assert_same_predictions(response.json()["predictions"], expected(classifier, samples, 3))
+            assert metric(client.get(f"{server.url}/metrics").text,
+                          'audioclf_connections_refused_total{reason="header_timeout"}') == 30
+
+
+def test_a_kept_alive_connection_serves_requests_then_closes_when_idle(classifier):
+    with live_server(classifier, keep_alive_seconds=0.5, header_timeout_seconds=5) as server:
+        sock = server.connect()
+        for _ in range(2):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while not data.endswith(b'{"status":"ok"}'):
+                data += sock.recv(65536)
+            assert data.startswith(b"HTTP/1.1 200 ")
+        answer = read_response(sock, wait_seconds=5)
+        assert answer.closed and answer.status is None and answer.seconds < 2  # idle: closed, nothing said
+        sock.close()
+
+
+def test_a_client_that_leaves_mid_request_is_logged_once_and_counted_499(classifier, caplog):
+    caplog.set_level(logging.INFO)
+    logging.getLogger("uvicorn.error").addHandler(caplog.handler)  # uvicorn's logger does not reach the root's
+    try:
+        with live_server(classifier) as server:
+            for _ in range(5):
+                sock = server.connect()
+                sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"\0" * 1000)
+                time.sleep(0.05)
+                sock.close()
+            deadline = time.monotonic() + 10
+            while len(server.answers) < 5:
+                assert time.monotonic() < deadline, server.answers
+                time.sleep(0.02)
+            with httpx.Client(trust_env=False, timeout=10) as client:
+                text = client.get(f"{server.url}/metrics").text
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(caplog.handler)
+    assert server.answers[:5] == [(499, "client_disconnected")] * 5  # then /metrics
+    assert metric(text, 'audioclf_requests_total{method="POST",path="/v1/classify",status="499"}') == 5
+    assert 'status="500"' not in text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    lines = [r.getMessage() for r in caplog.records if r.name == "audioclf.serve" and "/v1/classify" in r.getMessage()]
+    assert len(lines) == 5  # one line per request, and no traceback anywhere
+    assert all(re.fullmatch(r"POST /v1/classify 499 \d+\.\d ms \(the client closed the connection\)", x) for x in lines)

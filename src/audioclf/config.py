@@ -29,7 +29,8 @@ DEFAULT_WINDOW_SECONDS = 10.0
 DEFAULT_HOP_FRACTION = 0.5  # default hop: half a window, so every moment of a long recording is seen by two windows
 BACKENDS = ("torch", "onnx")
 API_KEY_ENV = "AUDIOCLF_API_KEY"  # where `audioclf serve` finds its API key when --api-key is not given
-BYTES_PER_MB = 1024 * 1024
+BYTES_PER_KB = 1024
+BYTES_PER_MB = 1024 * BYTES_PER_KB
 
 
 def option_help(cls, name: str) -> str:
@@ -179,17 +180,37 @@ class ServeSettings:
                                                          "answers 503 with Retry-After."})
     max_upload_mb: float = field(default=25.0, metadata={"help": "Largest request body accepted, in MiB (413 above)."})
     max_audio_seconds: float = field(default=600.0, metadata={"help": "Longest clip accepted, in seconds (413 above)."})
-    api_key: str | None = field(default=None, metadata={"help": f"Require 'Authorization: Bearer KEY' on /v1/*. "
-                                                                f"Default: the {API_KEY_ENV} environment variable."})
+    api_key: str | None = field(default=None, metadata={"help": f"Require 'Authorization: Bearer KEY' on /v1/*, "
+                                                                f"/metrics and /openapi.json (/healthz, /readyz and "
+                                                                f"the page stay open). Default: the {API_KEY_ENV} "
+                                                                f"environment variable."})
+    open_metrics_and_schema: bool = field(default=False, metadata={
+        "help": "Serve /metrics and /openapi.json without the API key, e.g. to a Prometheus scraper on a private "
+                "network. Without --api-key everything is open anyway."})
     cors_origins: tuple[str, ...] = field(default=(), metadata={"help": "Origin allowed to call the API from other "
                                                                         "web pages (repeatable); none by default."})
     top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": "Labels returned when a request gives no top_k."})
+    # What a slow or hostile client may hold: without these a connection that sends half a header is kept forever.
+    header_timeout_seconds: float = field(default=10.0, metadata={
+        "help": "Longest a client may take to send a request's line and headers, from connecting (or from its "
+                "first byte on a kept-alive connection); past it the server answers 408 and closes the connection."})
+    body_timeout_seconds: float = field(default=60.0, metadata={
+        "help": "Longest a request's body may take to arrive once its headers have (the default lets a 25 MiB "
+                "upload come at 0.5 MiB/s); past it the server answers 408 and closes the connection."})
+    keep_alive_seconds: float = field(default=5.0, metadata={
+        "help": "How long an idle connection is kept open for its next request."})
+    max_connections: int = field(default=128, metadata={
+        "help": "Most connections open at once, idle and half-sent ones included; a request that arrives on a "
+                "connection beyond it is answered 503 with Retry-After and the connection closed."})
+    max_header_kb: int = field(default=16, metadata={
+        "help": "Largest request line and headers buffered while they arrive, in KiB (431 above)."})
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "top_k"):
+        for name in ("max_batch", "max_queue", "top_k", "max_connections", "max_header_kb"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 1 or more")
-        for name in ("max_upload_mb", "max_audio_seconds"):
+        for name in ("max_upload_mb", "max_audio_seconds", "header_timeout_seconds", "body_timeout_seconds",
+                     "keep_alive_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be above 0")
         if self.max_wait_ms < 0:
@@ -200,6 +221,10 @@ class ServeSettings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * BYTES_PER_MB)
+
+    @property
+    def max_header_bytes(self) -> int:
+        return self.max_header_kb * BYTES_PER_KB
 
 
 # The guide's recipe, value for value, so its result can be reproduced (and seen to learn almost nothing).

@@ -6,40 +6,56 @@ Requests that arrive together are classified together: each request decodes its 
 alone, before it can join a batch) and cuts it into the classifier's windows (`plan.cut`), then puts the windows on
 a bounded queue that one worker drains in micro-batches (`window_probabilities`), running inference in a thread off
 the event loop; the request combines its windows' scores (`combine`) as every other door does.
+
+What one client can hold is bounded at every stage: its request head must arrive within --header-timeout-seconds
+(the connection protocol, `GuardedH11Protocol`), its body within --body-timeout-seconds and only while fewer than
+--max-connections are open (`_Admission`), its upload under --max-upload-mb and its audio under
+--max-audio-seconds (`read_upload`, `decode_upload`), its wait in the queue under --max-queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
+from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
+import h11
 import numpy as np
+import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from audioclf.audio import MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_SAMPLING_RATE, load_audio
-from audioclf.config import ServeSettings
+from audioclf.config import BYTES_PER_KB, SEGMENTS_ALIASES, SEGMENTS_HELP, SEGMENTS_OPTION, ServeSettings
 from audioclf.errors import (AudioLoadError, AudioTooLargeError, AudioTooLongError, ConfigError,
                              UnsupportedAudioError)
 from audioclf.features import WindowPlan
-from audioclf.config import SEGMENTS_ALIASES, SEGMENTS_HELP, SEGMENTS_OPTION
 from audioclf.infer import ClipScores
 
 logger = logging.getLogger("audioclf.serve")
 
-RETRY_AFTER_SECONDS = 1  # what a 503 for a full queue tells clients to wait
+RETRY_AFTER_SECONDS = 1  # what a 503 for a full queue or too many connections tells clients to wait
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away before its answer; nobody receives it
+# An answer sent before its request's body was read (413, 401, 404...) ends its connection; the rest of the body is
+# read and dropped this long first, since closing a socket with unread data resets it, and the reset can reach the
+# client before it has read its answer.
+LINGER_SECONDS = 1.0
 MAX_NAME_CHARS = 120  # an uploaded file name is echoed in error messages; keep it short
 LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -76,10 +92,21 @@ class ApiError(Exception):
 
 _CODES_BY_STATUS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                     413: "upload_too_large", 415: "unsupported_audio", 422: "invalid_request", 503: "unavailable"}
+# Why a connection was closed before any request on it reached the app (GuardedH11Protocol), for /metrics.
+CONNECTION_REFUSALS = ("no_request", "header_timeout", "bad_request", "headers_too_large")
 
 
 def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _raw_error_response(status: int, code: str, message: str) -> bytes:
+    """The same JSON error as the bytes of a whole HTTP/1.1 response that closes the connection, for the protocol
+    to write where no request reached the app (h11 cannot send a response to a request it never parsed)."""
+    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+    return head.encode("ascii") + body
 
 
 def _audio_error(e: AudioLoadError) -> ApiError:
@@ -171,6 +198,7 @@ class Metrics:
         self.latency: dict[str, Histogram] = {}
         self.batch_sizes = Histogram(BATCH_SIZE_BUCKETS)
         self.rejected_full_queue = 0
+        self.refused_connections = dict.fromkeys(CONNECTION_REFUSALS, 0)
 
     def observe_request(self, method: str, path: str, status: int, seconds: float) -> None:
         key = (method, path, status)
@@ -193,6 +221,12 @@ class Metrics:
                   "# HELP audioclf_queue_rejections_total Requests answered 503 because the queue was full.",
                   "# TYPE audioclf_queue_rejections_total counter",
                   f"audioclf_queue_rejections_total {self.rejected_full_queue}",
+                  "# HELP audioclf_connections_refused_total Connections closed before a request on them reached the "
+                  "app: nothing sent in --header-timeout-seconds (no_request), a head begun but not finished in it "
+                  "(header_timeout), an unparsable head (bad_request), one over --max-header-kb (headers_too_large).",
+                  "# TYPE audioclf_connections_refused_total counter",
+                  *(f'audioclf_connections_refused_total{{reason="{reason}"}} {count}'
+                    for reason, count in self.refused_connections.items()),
                   "# HELP audioclf_ready Whether the model is loaded and warmed up.", "# TYPE audioclf_ready gauge",
                   f"audioclf_ready {int(ready)}"]
         return "\n".join(lines) + "\n"
@@ -223,7 +257,49 @@ class _RequestLog:
             # unknown paths share one label, so scanning for URLs cannot grow the metrics without bound
             path = scope["path"] if scope["path"] in self.known_paths() else "other"
             self.metrics.observe_request(scope["method"], path, status, seconds)
-            logger.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000)
+            note = " (the client closed the connection)" if status == CLIENT_CLOSED_REQUEST else ""
+            logger.info("%s %s %d %.1f ms%s", scope["method"], scope["path"], status, seconds * 1000, note)
+
+
+CONNECTIONS_EXTENSION = "audioclf.connections"  # scope["extensions"] key: {"open": n, "max": --max-connections}
+
+
+class _Admission:
+    """ASGI middleware: what one request may hold of the server. Past --max-connections (the protocol puts the
+    counts in the scope) it is answered 503 at once and its connection closed; its body must arrive within
+    --body-timeout-seconds of the app receiving its head, or it is answered 408 and its connection closed."""
+
+    def __init__(self, app, body_timeout_seconds: float):
+        self.app, self.body_timeout_seconds = app, body_timeout_seconds
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        connections = scope.get("extensions", {}).get(CONNECTIONS_EXTENSION)
+        if connections is not None and connections["open"] > connections["max"]:
+            response = _error_response(
+                503, "too_many_connections", f"the server has {connections['open']} connections open, at most "
+                f"{connections['max']} (--max-connections); retry in {RETRY_AFTER_SECONDS} s",
+                {"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"})
+            return await response(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_seconds
+        body_done = False
+
+        async def receive_in_time():
+            nonlocal body_done
+            if body_done:  # later calls wait for a disconnect, which may rightly take as long as the response
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - loop.time())
+            except TimeoutError:
+                raise ApiError(408, "body_timeout", f"the request body did not arrive within "
+                               f"{self.body_timeout_seconds:g} s (--body-timeout-seconds)",
+                               {"Connection": "close"}) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, receive_in_time, send)
 
 
 # --- micro-batching -----------------------------------------------------------------------------
@@ -464,8 +540,9 @@ def create_app(classifier: ClipClassifier, settings: ServeSettings = ServeSettin
             batcher.fail_pending()
             batcher.close()
 
+    # the schema gets a route of its own below, behind the API key like /metrics
     app = FastAPI(title="audioclf", summary=f"Audio classification with the model {classifier.name!r}",
-                  lifespan=lifespan, docs_url=None, redoc_url=None)
+                  lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.settings = settings
@@ -491,13 +568,21 @@ def create_app(classifier: ClipClassifier, settings: ServeSettings = ServeSettin
                              for err in e.errors())
         return _error_response(422, "invalid_parameter", problems)
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_disconnected(request: Request, e: ClientDisconnect):
+        # not a server error, and nobody is left to read this: its status is for the log line and /metrics
+        return _error_response(CLIENT_CLOSED_REQUEST, "client_disconnected",
+                               "the client closed the connection before sending the whole request")
+
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, e: Exception):
         logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=e)
         return _error_response(500, "internal_error", "internal server error (see the server log)")
 
-    errors = {status: {"model": ErrorBody} for status in (401, 413, 415, 422, 503)}
+    errors = {status: {"model": ErrorBody} for status in (401, 408, 413, 415, 422, 503)}
     require_api_key = Depends(_bearer_check(settings.api_key))
+    # what the service runs and how it is used are for its operators: behind the key unless opened for a scraper
+    introspection_auth = [] if settings.open_metrics_and_schema else [require_api_key]
     default_k = min(settings.top_k, len(labels))
     body_doc = {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
@@ -545,11 +630,16 @@ def create_app(classifier: ClipClassifier, settings: ServeSettings = ServeSettin
             raise ApiError(503, "not_ready", "the model is warming up")
         return {"status": "ready", "model": classifier.name}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, dependencies=introspection_auth,
+             responses={401: {"model": ErrorBody}})
     async def prometheus_metrics():
         """Request counts, latency and micro-batch sizes in the Prometheus text format."""
         return PlainTextResponse(metrics.render(batcher.queue.qsize(), batcher.ready),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=introspection_auth)
+    async def openapi_schema():
+        return JSONResponse(app.openapi())
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
@@ -561,14 +651,138 @@ def create_app(classifier: ClipClassifier, settings: ServeSettings = ServeSettin
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     known_paths = {route.path for route in app.routes}
-    app.add_middleware(_RequestLog, metrics=metrics, known_paths=lambda: known_paths)
+    app.add_middleware(_Admission, body_timeout_seconds=settings.body_timeout_seconds)
+    app.add_middleware(_RequestLog, metrics=metrics, known_paths=lambda: known_paths)  # outermost: sees every answer
     return app
+
+
+# --- connections --------------------------------------------------------------------------------
+
+
+class _NotingConnection(h11.Connection):
+    """h11's connection, keeping the error that made a request head unparsable (uvicorn only says 400)."""
+
+    protocol_error: h11.RemoteProtocolError | None = None
+
+    def next_event(self):
+        try:
+            return super().next_event()
+        except h11.RemoteProtocolError as e:
+            self.protocol_error = e
+            raise
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, with what it lacks against slow and hostile clients.
+
+    uvicorn times out idle kept-alive connections but has no read timeout: a client that sends half a request
+    head (or one byte of it every few seconds) holds its connection, and a place under --max-connections, for as
+    long as it likes, and each byte of a body sent after its request was answered (a 413 before reading it) puts
+    off the keep-alive timeout again. Here a head must be complete within `header_timeout_seconds` of the connection
+    opening or of its first byte on a kept-alive connection; past it the connection gets a 408 (closed silently if
+    it sent nothing); and a connection whose request was answered before its body was read is closed, after
+    LINGER_SECONDS of dropping what still arrives. What the protocol refuses itself (timeouts, unparsable or oversized heads) gets the service's JSON
+    error and a count in /metrics; the cap on connections is answered by the app (`_Admission`), from the counts
+    this protocol puts in the request's scope, so its 503 is logged and counted by path like any other."""
+
+    def __init__(self, config: uvicorn.Config, server_state, app_state, _loop=None, *, metrics: Metrics,
+                 header_timeout_seconds: float):
+        super().__init__(config, server_state, app_state, _loop)
+        self.conn = _NotingConnection(h11.SERVER, config.h11_max_incomplete_event_size)
+        self.metrics = metrics
+        self.header_timeout_seconds = header_timeout_seconds
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.lingering = False
+        # uvicorn's own check on limit_concurrency answers in text/plain; the app answers it as JSON instead
+        self.max_connections, self.limit_concurrency = self.limit_concurrency, None
+        self.app = self._app_with_connection_counts
+
+    async def _app_with_connection_counts(self, scope, receive, send) -> None:
+        if self.max_connections is not None:  # this connection and this request are among those counted
+            scope.setdefault("extensions", {})[CONNECTIONS_EXTENSION] = {
+                "open": max(len(self.connections), len(self.tasks)), "max": self.max_connections}
+        await self.config.loaded_app(scope, receive, send)
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:  # the rest of a body nobody will read
+            return
+        if self.conn.their_state is h11.IDLE and self.head_timer is None:
+            self._start_head_timer()  # the first byte of the next request on a kept-alive connection
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the head is complete (or broken, or the connection gone)
+            self._stop_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self._unset_keepalive_if_required()
+            self.lingering = True
+            if self.transport.can_write_eof():  # not over TLS
+                self.transport.write_eof()  # the answer, then the end of what this side sends
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def send_400_response(self, msg: str) -> None:
+        error = self.conn.protocol_error
+        if error is not None and error.error_status_hint == 431:
+            status, code = 431, "headers_too_large"
+            message = (f"the request line and headers are larger than "
+                       f"{self.config.h11_max_incomplete_event_size // BYTES_PER_KB} KiB (--max-header-kb)")
+        else:
+            reason = str(error or msg)[:MAX_NAME_CHARS]  # h11's reason quotes the client's bytes
+            status, code, message = 400, "bad_request", f"malformed HTTP request ({reason})"
+        self._refuse(code, _raw_error_response(status, code, message))
+
+    def _start_head_timer(self) -> None:
+        self.head_timer = self.loop.call_later(self.header_timeout_seconds, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.transport.is_closing():
+            return
+        if not self.conn.trailing_data[0]:  # nothing of a request came: like an idle kept-alive one, just close
+            self._refuse("no_request")
+            return
+        client = "%s:%d" % self.client if self.client else "a client"
+        logger.info("%s: closed, its request head was not complete within %g s (--header-timeout-seconds)",
+                    client, self.header_timeout_seconds)
+        self._refuse("header_timeout", _raw_error_response(
+            408, "header_timeout", f"the request line and headers did not arrive within "
+                                   f"{self.header_timeout_seconds:g} s (--header-timeout-seconds)"))
+
+    def _refuse(self, reason: str, response: bytes = b"") -> None:
+        self.metrics.refused_connections[reason] += 1
+        if response:
+            self.transport.write(response)
+        self.transport.close()
+
+
+def uvicorn_options(app: FastAPI, settings: ServeSettings) -> dict[str, Any]:
+    """uvicorn's options (for uvicorn.run or uvicorn.Config) to run the app create_app made under these settings:
+    its address, timeouts, limits and protocol."""
+    protocol = functools.partial(GuardedH11Protocol, metrics=app.state.metrics,
+                                 header_timeout_seconds=settings.header_timeout_seconds)
+    # our middleware logs each request once; uvicorn's access log would repeat it. No WebSocket routes, so no
+    # upgrades: they would hand the connection, and its timers, to another protocol.
+    return dict(host=settings.host, port=settings.port, http=protocol, ws="none", access_log=False, log_level="info",
+                timeout_graceful_shutdown=5, timeout_keep_alive=settings.keep_alive_seconds,
+                limit_concurrency=settings.max_connections, h11_max_incomplete_event_size=settings.max_header_bytes)
 
 
 def serve(model_dir: str | Path, settings: ServeSettings = ServeSettings()) -> None:
     """Load a model directory and serve it with uvicorn until interrupted."""
-    import uvicorn
-
     from audioclf.infer import load_classifier
 
     if not logging.getLogger().handlers:
@@ -580,6 +794,4 @@ def serve(model_dir: str | Path, settings: ServeSettings = ServeSettings()) -> N
     app = create_app(classifier, settings)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     logger.info("serving %s (%d labels) on http://%s:%d/", classifier.name, len(classifier.labels), host, settings.port)
-    # our middleware logs each request once; uvicorn's access log would repeat it
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="info",
-                timeout_graceful_shutdown=5)
+    uvicorn.run(app, **uvicorn_options(app, settings))
