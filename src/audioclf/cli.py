@@ -239,7 +239,8 @@ def train_command(
     # first, while the only locals are the parameters (the imports below would join them)
     flags = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS and v is not None}
     from audioclf.config import read_config_file, resolve_run
-    from audioclf.train import check_run, launch, leave_processes, train, under_launcher
+    from audioclf.distributed import launch, leave_processes, under_launcher
+    from audioclf.train import check_run, train
 
     values = read_config_file(config) if config else {}
     file_output = values.pop("output", None)
