@@ -198,7 +198,8 @@ def train_command(
     """Fine-tune an audio classifier and write a Hugging Face model directory (plus metrics.json,
     train_config.json, labels.txt) that transformers.pipeline("audio-classification") loads as it is."""
     from audioclf.config import read_config_file, resolve_run
-    from audioclf.train import check_run, launch, leave_processes, train, under_launcher
+    from audioclf.distributed import launch, leave_processes, under_launcher
+    from audioclf.train import check_run, train
 
     values = read_config_file(config) if config else {}
     file_output = values.pop("output", None)
