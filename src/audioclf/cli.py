@@ -196,7 +196,7 @@ def train_command(
     """Fine-tune an audio classifier and write a Hugging Face model directory (plus metrics.json,
     train_config.json, labels.txt) that transformers.pipeline("audio-classification") loads as it is."""
     from audioclf.config import read_config_file, resolve_run
-    from audioclf.train import check_run, launch, leave_processes, train, under_launcher
+    from audioclf.train import check_run, hold_output, launch, leave_processes, train, under_launcher
 
     values = read_config_file(config) if config else {}
     file_output = values.pop("output", None)
@@ -205,8 +205,10 @@ def train_command(
         raise ConfigError("--output is required: the directory to write the trained model to")
     run = resolve_run({**values, **flags})
     if run.train.nproc > 1 and not under_launcher():
-        check_run(output, run.model, overwrite=overwrite, resume=resume, push_to_hub=push_to_hub)  # one message, not N
-        raise typer.Exit(launch(["train", *_given_arguments(ctx, drop="nproc")], run.train.nproc, run.train.threads))
+        with hold_output(output):  # for the whole run: the processes it starts inherit the claim
+            check_run(output, run.model, overwrite=overwrite, resume=resume, push_to_hub=push_to_hub)  # one message
+            status = launch(["train", *_given_arguments(ctx, drop="nproc")], run.train.nproc, run.train.threads)
+        raise typer.Exit(status)
     try:
         result = train(run.data, run.model, run.train, output, overwrite=overwrite, resume=resume,
                        push_to_hub=push_to_hub, hub_model_id=hub_model_id, progress=not quiet, echo=typer.echo)
