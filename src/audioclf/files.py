@@ -461,8 +461,7 @@ class OutputLock:
             except FileNotFoundError:
                 pass
             os.close(descriptor)
-        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command[:_COMMAND_KEPT],
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command()[:_COMMAND_KEPT],
                   "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
         os.ftruncate(descriptor, 0)
         os.write(descriptor, (json.dumps(record) + "\n").encode("utf-8"))
@@ -611,6 +610,16 @@ def _mtime(path: Path) -> float:
 
 def _held_locks() -> list[str]:
     return [key for key in os.environ.get(HELD_LOCKS_ENV, "").split(os.pathsep) if key]
+
+
+def _command() -> str:
+    """This process's command line as its user typed it, more or less: `audioclf train ...`, `python -m audioclf
+    train ...`."""
+    if not sys.argv or not sys.argv[0]:
+        return "python"
+    program = Path(sys.argv[0])
+    name = f"python -m {program.parent.name}" if program.name == "__main__.py" else program.name
+    return " ".join([name, *sys.argv[1:]])
 
 
 def _holder(descriptor: int) -> str:
