@@ -153,7 +153,7 @@ def check_writable_output(path: str | os.PathLike, flag: str, kind: str = "file"
     if not stat.S_ISDIR(folder_mode):
         raise OutputError(f"{where}: {folder} is {_kind(folder_mode)}, not a folder")
     try:
-        temp, descriptor = _new_temp_file(folder / (child or ".audioclf-probe"))
+        temp, descriptor = _new_temp_file(folder / (child or "audioclf-probe"))
         os.close(descriptor)
         os.unlink(temp)
     except OSError as e:

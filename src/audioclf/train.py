@@ -480,17 +480,21 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
                 _check_safetensors(path)
             elif path.suffix in (".pt", ".pth", ".bin"):
                 zipfile.ZipFile(path).close()
-        except (OSError, ValueError, zipfile.BadZipFile):
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, zipfile.BadZipFile):
             return f"has {path.name} cut short or corrupt"
     return None
 
 
 def _check_safetensors(path: Path) -> None:
+    """Raise ValueError where a safetensors file is shorter than its header says (or has no readable header)."""
     with path.open("rb") as f:
-        header_bytes = int.from_bytes(f.read(8), "little")
+        size = os.fstat(f.fileno()).st_size
+        header_bytes = int.from_bytes(f.read(8), "little")  # the header's length comes first
+        if header_bytes > size:
+            raise ValueError(f"{path}: shorter than its header")
         header = json.loads(f.read(header_bytes))
         end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
-        if os.fstat(f.fileno()).st_size < 8 + header_bytes + end:
+        if size < 8 + header_bytes + end:
             raise ValueError(f"{path}: shorter than its header says")
 
 
