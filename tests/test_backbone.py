@@ -586,7 +586,7 @@ def test_cli_import_ctranslate2_writes_the_checkpoint_and_says_how_to_use_it(tin
 
     again = CliRunner().invoke(app, ["backbone", "import-ctranslate2", str(tiny_ct2[0]), str(out)])
     assert again.exit_code == 1
-    assert again.stderr.strip() == f"error: {out} already exists; pass --overwrite to replace it"
+    assert again.stderr.strip() == f"error: OUT {out}: already exists; pass --overwrite to replace it"
     replaced = CliRunner().invoke(app, ["backbone", "import-ctranslate2", str(tiny_ct2[0]), str(out), "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
 

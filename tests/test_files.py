@@ -1,22 +1,51 @@
 import contextlib
 import errno
+import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
+import audioclf
 from audioclf import files
-from audioclf.errors import OutputError, OutputExistsError
+from audioclf.errors import OutputBusyError, OutputError, OutputExistsError
 from audioclf.files import (
     AtomicDirectory,
     AtomicFile,
+    OutputLock,
     check_replaceable,
+    check_writable_output,
+    clean_stale,
+    install_copy,
     install_directory,
+    same_files,
     write_bytes,
     write_json,
     write_text,
 )
+
+SOURCE = str(Path(audioclf.__file__).resolve().parents[1])  # this tree's audioclf, for the processes tests start
+
+
+def _python(script: str, *args: str, drop_env: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if key not in drop_env}
+    environment["PYTHONPATH"] = os.pathsep.join([SOURCE, os.environ.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], env=environment,
+                          capture_output=True, text=True, timeout=60)
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    return int(_python("import os; print(os.getpid())").stdout)
+
+
+def _temp_name(target: str, pid: int, suffix: str = files.TEMP_SUFFIX, host: str | None = files._HOST_TAG) -> str:
+    return f".{target}.{host + '-' if host else ''}{pid}-{'0' * 12}{suffix}"
 
 
 @contextlib.contextmanager
@@ -290,3 +319,246 @@ def test_home_is_audioclf_home_then_xdg_cache_then_dot_cache(tmp_path, monkeypat
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert files.home() == tmp_path / "user" / ".cache" / "audioclf"
     assert not (tmp_path / "user").exists()  # resolving a folder does not create it
+
+
+# --- a file that must not be replaced -------------------------------------------------------------
+
+
+def test_without_overwrite_an_existing_file_is_refused_even_one_that_appears_while_writing(tmp_path):
+    target = tmp_path / "preds.csv"
+    target.write_text("the user's")
+    with pytest.raises(OutputExistsError, match="preds.csv already exists"):
+        AtomicFile(target, "w", overwrite=False)
+
+    late = tmp_path / "late.csv"
+    with pytest.raises(OutputExistsError, match="late.csv already exists"):
+        with AtomicFile(late, "w", overwrite=False) as f:
+            f.write("ours")
+            late.write_text("written meanwhile")
+    assert target.read_text() == "the user's" and late.read_text() == "written meanwhile"
+    assert _names(tmp_path) == ["late.csv", "preds.csv"]
+
+
+# --- checking an output before the work -----------------------------------------------------------
+
+
+def test_check_writable_output_accepts_new_and_replaceable_paths_and_leaves_nothing(tmp_path):
+    (tmp_path / "old.csv").write_text("x")
+    (tmp_path / "report").mkdir()
+    assert check_writable_output(tmp_path / "new.csv", "--csv") == tmp_path / "new.csv"
+    check_writable_output(tmp_path / "old.csv", "--csv", overwrite=True)
+    check_writable_output(tmp_path / "a" / "b" / "model", "--output", "folder", overwrite=False)
+    check_writable_output(tmp_path / "report", "--report-dir", "into", inside=files.REPORT_FILES)
+    check_writable_output(tmp_path / "new-report", "--report-dir", "into")
+    assert _names(tmp_path) == ["old.csv", "report"]  # nothing created, no probe left
+
+
+@pytest.mark.parametrize("make, args, message", [
+    (lambda d: (d / "f").write_text("x"), ("f", "--csv", "file", {"overwrite": False}), "--csv {d}/f: already exists; pass "
+                                                                         "--overwrite to replace it"),
+    (lambda d: (d / "f").write_text("x"), ("f/preds.csv", "--csv", "file"), "--csv {d}/f/preds.csv: {d}/f is a "
+                                                                            "file, not a folder"),
+    (lambda d: (d / "f").write_text("x"), ("f/a/b", "--output", "folder"), "--output {d}/f/a/b: {d}/f is a file, "
+                                                                           "not a folder"),
+    (lambda d: (d / "f").write_text("x"), ("f", "--report-dir", "into"), "--report-dir {d}/f: is a file, not a "
+                                                                         "folder; give a folder (it is created if "
+                                                                         "missing)"),
+    (lambda d: (d / "r").mkdir() or (d / "r" / "metrics.json").symlink_to(d / "x"),
+     ("r", "--report-dir", "into", {"inside": files.REPORT_FILES}), "--report-dir {d}/r/metrics.json: is a symbolic "
+                                                                   "link"),
+    (lambda d: (d / "f").mkdir(), ("f", "--csv", "file"), "--csv {d}/f: is a folder, not a file"),
+    (lambda d: os.mkfifo(d / "p"), ("p", "OUT", "folder"), "OUT {d}/p: is a named pipe, not a file or folder"),
+    (lambda d: None, ("/proc/audioclf-test/preds.csv", "--csv", "file"),
+     "--csv /proc/audioclf-test/preds.csv: cannot write in /proc (No such file or directory)"),
+    (lambda d: None, ("/sys/audioclf-test", "--output", "folder"),
+     "--output /sys/audioclf-test: cannot write in /sys (Permission denied)"),
+], ids=["exists", "under-a-file", "deep-under-a-file", "into-a-file", "into-with-a-link", "file-is-a-folder",
+        "pipe", "proc", "sys"])
+def test_check_writable_output_refuses_in_one_line_naming_the_flag(tmp_path, make, args, message):
+    make(tmp_path)
+    before = _names(tmp_path)
+    path, flag, kind, *options = args
+    with pytest.raises(OutputError) as raised:
+        check_writable_output(tmp_path / path, flag, kind, **(options[0] if options else {}))
+    assert str(raised.value).startswith(message.format(d=tmp_path))
+    assert "\n" not in str(raised.value)
+    assert _names(tmp_path) == before
+
+
+# --- what killed writers leave ----------------------------------------------------------------------
+
+
+def test_stale_temporary_paths_of_dead_writers_are_removed_and_nothing_else(tmp_path):
+    dead, alive = _dead_pid(), os.getpid()
+    target = tmp_path / "preds"
+    leftovers = {
+        _temp_name("preds", dead): "dead's folder",
+        _temp_name("preds", dead, host=None) + "f": None,  # not a name audioclf makes
+        _temp_name("preds", dead, host=None): "dead's folder, named before names had a host",
+        _temp_name("preds", alive): "a live writer's",
+        _temp_name("preds", dead, host="0badc0de"): "another machine's",
+        _temp_name("preds.v2", dead): "another target's",
+    }
+    for name in leftovers:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part-00000.parquet").write_text("rows")
+    (tmp_path / _temp_name("preds", dead).replace(".tmp", "x.tmp")).write_text("not ours")
+    kept = sorted(set(_names(tmp_path)) - {_temp_name("preds", dead), _temp_name("preds", dead, host=None)})
+
+    assert sorted(p.name for p in clean_stale(target)) == sorted([_temp_name("preds", dead),
+                                                                  _temp_name("preds", dead, host=None)])
+    assert _names(tmp_path) == kept
+
+
+def test_a_folder_left_aside_is_put_back_where_the_target_is_missing_else_removed(tmp_path):
+    dead = _dead_pid()
+    aside = _folder(tmp_path / _temp_name("model", dead, files.ASIDE_SUFFIX), {"config.json": "old"})
+    built = _folder(tmp_path / _temp_name("model", dead), {"config.json": "new"})
+    clean_stale(tmp_path / "model")
+    assert _tree(tmp_path / "model") == {"config.json": "old"}
+    assert _names(tmp_path) == ["model"]
+
+    _folder(aside, {"config.json": "older"})
+    clean_stale(tmp_path / "model")
+    assert _tree(tmp_path / "model") == {"config.json": "old"}
+    assert _names(tmp_path) == ["model"]
+    assert not built.exists()
+
+
+KILLED_WRITER = """
+    import os, signal, sys
+    from pathlib import Path
+    from audioclf import files
+
+    target, moment = Path(sys.argv[1]), sys.argv[2]
+    def killed(*args):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if moment == "after-the-swap":  # renameat2 swapped old and new; the old one was not yet removed
+        files._remove = killed
+    elif moment == "between-the-renames":  # no renameat2: the old one stepped aside, the new one not yet in place
+        files._exchange = lambda a, b: False
+        rename = os.rename
+        files.os.rename = lambda a, b: killed() if str(a).endswith(files.TEMP_SUFFIX) else rename(a, b)
+    with files.AtomicDirectory(target, overwrite=True) as staging:
+        (staging / "config.json").write_text("new")
+        if moment == "while-building":
+            killed()
+        (staging / "model.safetensors").write_text("new weights")
+"""
+
+
+@pytest.mark.parametrize("moment, at_target", [
+    ("after-the-swap", "new"),
+    ("between-the-renames", None),  # the one moment without the target, where the OS cannot swap in one step
+    ("while-building", "old"),
+])
+def test_a_writer_killed_mid_replace_leaves_a_state_the_next_writer_cleans(tmp_path, moment, at_target):
+    if moment == "after-the-swap" and files._RENAMEAT2 is None:
+        pytest.skip("no renameat2 here")
+    target = _folder(tmp_path / "model", {"config.json": "old", "model.safetensors": "old weights"})
+
+    killed = _python(KILLED_WRITER, str(target), moment)
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    if at_target is None:
+        assert not target.exists()
+    else:
+        assert _tree(target)["config.json"] == at_target
+    assert len(_names(tmp_path)) == 2  # the target or the old version aside, and one temporary folder
+
+    with pytest.raises(OutputExistsError):  # a later writer cleans first, then finds the target
+        AtomicDirectory(target, overwrite=False)
+    assert _tree(target) == ({"config.json": "new", "model.safetensors": "new weights"} if at_target == "new" else
+                             {"config.json": "old", "model.safetensors": "old weights"})
+    assert _names(tmp_path) == ["model"]
+
+
+# --- one run per output ---------------------------------------------------------------------------
+
+HOLDER = """
+    import sys
+    from audioclf.files import OutputLock
+
+    with OutputLock(sys.argv[1], "--output", "training run"):
+        print("holding", flush=True)
+        sys.stdin.read()  # until the test closes it, or kills this process
+"""
+CLAIM = """
+    import sys
+    from audioclf.errors import OutputBusyError
+    from audioclf.files import OutputLock
+
+    try:
+        with OutputLock(sys.argv[1], "--output", "training run"):
+            print("claimed")
+    except OutputBusyError as e:
+        print(e)
+"""
+
+
+@contextlib.contextmanager
+def _holder(target: Path):
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([SOURCE, os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLDER), str(target), "extra-argument"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment)
+    try:
+        assert process.stdout.readline() == "holding\n"
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_second_claim_on_an_output_is_refused_naming_the_holder(tmp_path):
+    target = tmp_path / "model"
+    with _holder(target) as holder:
+        with pytest.raises(OutputBusyError) as refused:
+            OutputLock(target, "--output", "training run").acquire()
+        record = json.loads((tmp_path / ".model.lock").read_text())
+    message = str(refused.value)
+    assert message.startswith(f"--output {target}: another training run is writing it (pid {holder.pid} on ")
+    assert f"started {record['started']}: -c {target} extra-argument; lock {tmp_path / '.model.lock'}); wait for it " \
+           "to end or stop it, then run again" in message
+    assert record["pid"] == holder.pid
+
+
+def test_a_killed_holder_leaves_no_lock_and_a_released_one_no_file(tmp_path):
+    target = tmp_path / "model"
+    with _holder(target) as holder:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert _names(tmp_path) == [".model.lock"]  # the file stays, the lock went with the process
+        with OutputLock(target):
+            assert json.loads((tmp_path / ".model.lock").read_text())["pid"] == os.getpid()
+    assert _names(tmp_path) == []
+    with pytest.raises(RuntimeError), OutputLock(target):
+        raise RuntimeError("a failed run")
+    with OutputLock(target):  # released on the way out of the failure too
+        pass
+    assert _names(tmp_path) == []
+
+
+def test_processes_started_while_a_lock_is_held_share_it_and_others_do_not(tmp_path):
+    target = tmp_path / "model"
+    with OutputLock(target, "--output", "training run"):
+        assert _python(CLAIM, str(target)).stdout == "claimed\n"  # as `train --nproc` starts its processes
+        other = _python(CLAIM, str(target), drop_env=(files.HELD_LOCKS_ENV,))  # a run started by someone else
+        assert other.stdout.startswith(f"--output {target}: another training run is writing it (pid {os.getpid()}")
+    assert files.HELD_LOCKS_ENV not in os.environ
+
+
+# --- installing a copy --------------------------------------------------------------------------
+
+
+def test_install_copy_links_the_files_and_keeps_the_source(tmp_path):
+    source = _folder(tmp_path / "final", {"config.json": "new", "model.safetensors": "weights"})
+    target = _folder(tmp_path / "model", {"config.json": "old"})
+    assert not same_files(source, target)
+
+    install_copy(source, target, overwrite=True)
+
+    assert _tree(target) == _tree(source) == {"config.json": "new", "model.safetensors": "weights"}
+    assert os.path.samefile(source / "model.safetensors", target / "model.safetensors")  # no data copied
+    assert same_files(source, target)
+    assert _names(tmp_path) == ["final", "model"]

@@ -293,7 +293,7 @@ def test_existing_out_is_refused_unless_overwrite(model_dir, corpus, tmp_path):
     replaced = _predict(*args, "--overwrite")
 
     assert refused.exit_code == 1
-    assert refused.stderr == f"error: {out} exists; pass --overwrite to replace it\n"
+    assert refused.stderr == f"error: --output {out}: already exists; pass --overwrite to replace it\n"
     assert replaced.exit_code == 0, replaced.output
     assert [p.name for p in out.iterdir()] == ["part-00000.parquet"]
     assert len(_rows(out)) == len(list((corpus / "clips" / "more").glob("*.wav")))
@@ -320,7 +320,7 @@ def test_nothing_classified_still_writes_the_errors_and_exits_1(model_dir, corpu
     (["a.wav", "--output", "o", "--concurrency", "2"], "error: --concurrency: only with --ray"),
     (["a.wav", "--output", "o", "--audio-column", "file"], "error: --audio-column: only with --input MANIFEST"),
     (["a.wav", "--output", "o", "--format", "csv"], "error: --format 'csv': must be one of parquet, jsonl"),
-    (["a.wav", "--overwrite"], "error: --overwrite: only with --output OUT"),
+    (["a.wav", "--overwrite"], "error: --overwrite: only with --output OUT or --csv FILE"),
     ([], "error: no audio to classify: give FILES, or --input MANIFEST_OR_GLOB with --output OUT"),
 ])
 def test_flag_mistakes_are_one_line_errors(model_dir, tmp_path, monkeypatch, args, message):

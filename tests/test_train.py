@@ -5,6 +5,7 @@ the output appears only when complete, the resolved config round-trips, and mist
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -16,6 +17,7 @@ from transformers import TrainerCallback
 from typer.testing import CliRunner
 
 import audioclf
+import audioclf.errors
 from audioclf.cli import app
 from audioclf.config import DataSpec, ModelOptions, read_config_file, resolve_options, resolve_run
 from audioclf.errors import OutputExistsError
@@ -201,6 +203,117 @@ def test_resumed_history_covers_every_epoch(small_tones, tmp_path):
 
     history = json.loads((output / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1.0, 2.0, 3.0]
+
+
+class InterruptAfterSecondCheckpoint(TrainerCallback):
+    def __init__(self):
+        self.saves = 0
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saves += 1
+        if self.saves == 2:
+            raise Interrupted(f"stopped after saving step {state.global_step}")
+
+
+def _cut_in_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_resume_skips_a_half_written_last_checkpoint_and_says_so(small_tones, tmp_path):
+    output = tmp_path / "model"
+    spec, model = DataSpec(data=str(small_tones)), ModelOptions(model_config="tiny-wav2vec2")
+    options = tiny_train_options(epochs=3)
+    with pytest.raises(Interrupted):
+        train(spec, model, options, output, progress=False, echo=lambda line: None,
+              callbacks=[InterruptAfterSecondCheckpoint()])
+    checkpoints = tmp_path / "model.partial" / "checkpoints"
+    first, last = sorted(checkpoints.iterdir(), key=lambda p: int(p.name.split("-")[1]))
+    _cut_in_half(last / "model.safetensors")  # the save a kill (or a power cut) stopped half way
+
+    lines = []
+    result = train(spec, model, options, output, resume=True, progress=False, echo=lines.append)
+
+    assert f"--resume: {last.name} has model.safetensors cut short or corrupt; removed it and resuming from " \
+           f"{first.name}" in lines
+    assert [row["epoch"] for row in result.metrics["history"]] == [1.0, 2.0, 3.0]
+    assert {p.name for p in output.iterdir()} >= MODEL_FILES
+
+
+def test_checkpoint_problem_names_what_a_cut_off_save_left(tmp_path):
+    from audioclf.train import checkpoint_problem, resume_checkpoint
+
+    checkpoints = tmp_path / "checkpoints"
+    saved = train(DataSpec(data=str(make_folder_dataset(tmp_path / "data", clips_per_label=4, seconds=0.5,
+                                                        sampling_rate=8000))),
+                  ModelOptions(model_config="tiny-wav2vec2"), tiny_train_options(epochs=1, validation_size=0.25),
+                  tmp_path / "model", progress=False, echo=lambda line: None, callbacks=[KeepCheckpoints(checkpoints)])
+    assert saved.output.is_dir()
+    (good,) = checkpoints.iterdir()
+    assert checkpoint_problem(good) is None
+    broken = {}
+    for name, damage in [("optimizer.pt", _cut_in_half), ("trainer_state.json", _cut_in_half),
+                         ("trainer_state.json", Path.unlink), ("model.safetensors", Path.unlink),
+                         ("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:-1]))]:
+        copy = checkpoints / f"checkpoint-{100 + len(broken)}"
+        shutil.copytree(good, copy)
+        damage(copy / name)
+        broken[copy.name] = checkpoint_problem(copy)
+    assert broken == {
+        "checkpoint-100": "has optimizer.pt cut short or corrupt",
+        "checkpoint-101": "has trainer_state.json cut short or corrupt",
+        "checkpoint-102": "has no trainer_state.json (its save did not finish)",
+        "checkpoint-103": "has no model weights",
+        "checkpoint-104": "has model.safetensors cut short or corrupt",
+    }
+    chosen, incomplete = resume_checkpoint(checkpoints)
+    assert chosen == good and [p.name for p, _ in incomplete] == sorted(broken, reverse=True)
+
+
+class KeepCheckpoints(TrainerCallback):
+    """Copies each checkpoint as it is saved, before the end of training removes OUT.partial."""
+
+    def __init__(self, into: Path):
+        self.into = into
+
+    def on_save(self, args, state, control, **kwargs):
+        saved = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        shutil.copytree(saved, self.into / saved.name)
+
+
+class InterruptInstall(Exception):
+    pass
+
+
+def test_a_finished_model_left_in_partial_is_kept_and_installed_by_resume(small_tones, tmp_path, monkeypatch):
+    import audioclf.train as training
+
+    output = tmp_path / "model"
+    spec, model = DataSpec(data=str(small_tones)), ModelOptions(model_config="tiny-wav2vec2")
+
+    def stopped(*args, **kwargs):
+        raise InterruptInstall("stopped before the model was installed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training.files, "install_copy", stopped)
+        with pytest.raises(InterruptInstall):
+            train(spec, model, _quick(), output, progress=False, echo=lambda line: None)
+    final = tmp_path / "model.partial" / "final"
+    assert not output.exists() and {p.name for p in final.iterdir()} >= MODEL_FILES
+    metrics = json.loads((final / "metrics.json").read_text())
+
+    for overwrite in (False, True):  # a fresh run, with or without --overwrite, must not delete it unasked
+        with pytest.raises(audioclf.errors.OutputError) as refused:
+            train(spec, model, _quick(), output, overwrite=overwrite, progress=False, echo=lambda line: None)
+        assert str(refused.value) == (f"--output {output}: {final} holds the finished model of an earlier run, not yet "
+                                      f"moved to {output}; pass --resume to install it, or delete "
+                                      f"{tmp_path / 'model.partial'} to discard it")
+    lines = []
+    result = train(spec, model, _quick(), output, resume=True, progress=False, echo=lines.append)
+
+    assert lines == [f"--resume: {final} holds the finished model of the earlier run; installing it at {output}"]
+    assert result.metrics == metrics == json.loads((output / "metrics.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_resume_without_a_checkpoint_is_an_error(small_tones, tmp_path):

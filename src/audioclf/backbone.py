@@ -31,6 +31,7 @@ from audioclf.files import (
     MODEL_CONFIG_FILE,
     PREPROCESSOR_CONFIG_FILE,
     AtomicDirectory,
+    check_writable_output,
     home_folder,
     write_bytes,
     write_json,
@@ -356,8 +357,7 @@ def _sha256(path: Path) -> str:
 
 
 def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not overwrite:
-        raise OutputExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
+    check_writable_output(out_dir, "OUT", "folder", overwrite=overwrite)  # before any download or conversion
 
 
 def import_ctranslate2(src_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:

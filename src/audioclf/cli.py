@@ -199,7 +199,7 @@ def train_command(
     train_config.json, labels.txt) that transformers.pipeline("audio-classification") loads as it is."""
     from audioclf.config import read_config_file, resolve_run
     from audioclf.distributed import launch, leave_processes, under_launcher
-    from audioclf.train import check_run, train
+    from audioclf.train import check_run, hold_output, train
 
     values = read_config_file(config) if config else {}
     file_output = values.pop("output", None)
@@ -208,8 +208,10 @@ def train_command(
         raise ConfigError("--output is required: the directory to write the trained model to")
     run = resolve_run({**values, **flags})
     if run.train.nproc > 1 and not under_launcher():
-        check_run(output, run.model, overwrite=overwrite, resume=resume, push_to_hub=push_to_hub)  # one message, not N
-        raise typer.Exit(launch(["train", *_given_arguments(ctx, drop="nproc")], run.train.nproc, run.train.threads))
+        with hold_output(output):  # for the whole run: the processes it starts inherit the claim
+            check_run(output, run.model, overwrite=overwrite, resume=resume, push_to_hub=push_to_hub)  # one message
+            status = launch(["train", *_given_arguments(ctx, drop="nproc")], run.train.nproc, run.train.threads)
+        raise typer.Exit(status)
     try:
         result = train(run.data, run.model, run.train, output, overwrite=overwrite, resume=resume,
                        push_to_hub=push_to_hub, hub_model_id=hub_model_id, progress=not quiet, echo=typer.echo)
@@ -299,8 +301,11 @@ def evaluate_command(
 ) -> None:
     """Score a trained model on labelled data: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix."""
     from audioclf.evaluate import evaluate_clips, format_report, write_report
+    from audioclf.files import REPORT_FILES, check_writable_output
     from audioclf.infer import load_classifier
 
+    if report_dir is not None:
+        check_writable_output(report_dir, "--report-dir", "into", inside=REPORT_FILES)
     spec = DataSpec(**data_options)
     classifier = load_classifier(model_dir)
     clips, dataset = _evaluation_split(Path(model_dir), spec, split, progress=not quiet)
@@ -346,14 +351,15 @@ def _stdin_paths() -> list[str]:
 
 
 class _CsvOutput:
-    """path,label,score,error rows written to a temporary file beside OUT, renamed onto OUT once the run is done."""
+    """path,label,score,error rows written to a temporary file beside OUT, renamed onto OUT once the run is done; an
+    existing OUT (even one that appears meanwhile) is replaced only with overwrite."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, overwrite: bool):
         import csv
 
         from audioclf.files import AtomicFile
 
-        self.output = AtomicFile(path, "w", newline="")
+        self.output = AtomicFile(path, "w", newline="", overwrite=overwrite)
         self.writer = csv.writer(self.output.file)
         self.writer.writerow(["path", "label", "score", "error"])
 
@@ -384,7 +390,7 @@ def predict_command(
     audio_column: str | None = typer.Option(None, "--audio-column", help="The --input manifest's column of audio paths (relative ones are relative to the manifest's folder); default: path."),
     output: Path | None = typer.Option(None, "--output", help="Write one row per input (path, labels, scores, error) to this folder of part-NNNNN shards instead of printing; it appears only when the run is complete."),
     output_format: str = typer.Option("parquet", "--format", help="The --output shards' format: parquet or jsonl."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output folder or --csv file."),
     use_ray: bool = typer.Option(False, "--ray", help="Classify with a pool of Ray actors, each loading the model once (needs the ray extra: pip install 'audioclf\\[ray]'). Needs --output."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="With --ray: the address of a running Ray cluster; default: start a local Ray instance."),
     concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="With --ray: how many actors; default: as many as the cluster's CPUs allow at --threads each."),
@@ -406,12 +412,16 @@ def predict_command(
     for flag, given, needs in (("--audio-column", audio_column is not None, "--input MANIFEST"),
                                ("--ray-address", ray_address is not None, "--ray"),
                                ("--concurrency", concurrency is not None, "--ray"),
-                               ("--overwrite", overwrite, "--output OUT"),
+                               ("--overwrite", overwrite and csv_out is None, "--output OUT or --csv FILE"),
                                ("--format", output_format != "parquet", "--output OUT")):
         if given:
             raise ConfigError(f"{flag}: only with {needs}")
     if not files:
         raise ConfigError("no audio to classify: give FILES, or --input MANIFEST_OR_GLOB with --output OUT")
+    if csv_out is not None:
+        from audioclf.files import check_writable_output
+
+        check_writable_output(csv_out, "--csv", "file", overwrite=overwrite)
     from tqdm import tqdm
 
     from audioclf.infer import load_classifier
@@ -420,7 +430,7 @@ def predict_command(
     if not paths:
         raise ConfigError(f"no audio files to classify in {' '.join(files)}")
     classifier = load_classifier(model_dir, **options.classifier_options())
-    csv_file = _CsvOutput(csv_out) if csv_out is not None else None
+    csv_file = _CsvOutput(csv_out, overwrite) if csv_out is not None else None
     classified = 0
     bar = tqdm(total=len(paths), unit="file", file=sys.stderr, disable=quiet or not sys.stderr.isatty())
     try:
@@ -535,8 +545,10 @@ def export_onnx_command(
     """Write MODEL_DIR as an ONNX model that `audioclf predict OUT` runs with ONNX Runtime, without torch. The ONNX
     logits are checked against torch's (within 1e-4) and the export fails, writing nothing, if they differ."""
     from audioclf.export import check_quantize, export_onnx
+    from audioclf.files import check_writable_output
 
     check_quantize(quantize)
+    check_writable_output(out, "OUT", "folder", overwrite=overwrite)  # before --data's clips are read
     clips, described = None, "synthetic"
     if data is not None:
         if quantize is None:

@@ -84,3 +84,7 @@ class OutputError(AudioclfError):
 
 class OutputExistsError(OutputError):
     """The output path exists and overwriting was not asked for."""
+
+
+class OutputBusyError(OutputError):
+    """Another run is writing the same output (it holds the output's lock)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from audioclf import files
-from audioclf.errors import ConfigError, ModelError, OutputExistsError
+from audioclf.errors import ConfigError, ModelError
 from audioclf.features import WHISPER_FRAMES_PER_POSITION
 from audioclf.files import EXPORT_RECORD_FILE, LABELS_FILE, MODEL_CONFIG_FILE, ONNX_MODEL_FILE, TRAIN_CONFIG_FILE
 from audioclf.infer import Classifier, OnnxBackend, TorchBackend
@@ -69,8 +69,7 @@ def export_onnx(model_dir: str | Path, output: str | Path, quantize: str | None 
     started = time.monotonic()
     output = Path(output)
     check_quantize(quantize)
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"{output} exists; pass --overwrite to replace it")
+    files.check_writable_output(output, "OUT", "folder", overwrite=overwrite)
     bundle = load_model(str(model_dir))
     if bundle.model_type != "whisper" and bundle.model_type not in WAV2VEC2_FAMILY:
         raise ConfigError(f"export onnx: {bundle.model_type} models are not supported; "

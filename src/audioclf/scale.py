@@ -20,7 +20,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,8 +29,8 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from audioclf.audio import AudioSource, describe_source
-from audioclf.errors import ColumnError, ConfigError, DataError, OutputExistsError, shown_path
-from audioclf.files import AtomicDirectory, check_replaceable
+from audioclf.errors import ColumnError, ConfigError, DataError, shown_path
+from audioclf.files import AtomicDirectory, check_writable_output, new_temp_file
 
 RESULT_SCHEMA = pa.schema([
     ("path", pa.string()),
@@ -163,10 +162,8 @@ def results_table(rows: list[dict]) -> pa.Table:
 
 def check_output(out: Path, overwrite: bool) -> None:
     """Raise OutputExistsError where OUT exists and is not to be overwritten, OutputError where it is not a folder
-    or file that may be replaced."""
-    check_replaceable(out, folder=True)
-    if os.path.lexists(out) and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    or file that may be replaced or cannot be written there (files.check_writable_output)."""
+    check_writable_output(out, "--output", "folder", overwrite=overwrite)
 
 
 class ShardWriter:
@@ -388,8 +385,7 @@ def _batch_items(batch: pa.Table) -> Iterator[Item]:
 def _spool_items(items: Iterable[Item], out: Path) -> tuple[Path, list[tuple[int, int, int]]]:
     """Items written as JSON lines to a temporary file beside OUT; returns it and the (start byte, end byte, rows)
     of each block of RAY_BLOCK_ROWS lines."""
-    handle, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".inputs.jsonl", dir=out.parent)
-    spool = Path(name)
+    spool, handle = new_temp_file(out)  # a killed run's is removed by the next writer of OUT
     ranges: list[tuple[int, int, int]] = []
     try:
         with open(handle, "wb") as f:

@@ -10,8 +10,14 @@ downloads first, prints and writes.
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import re
 import shutil
 import time
+import zipfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -20,13 +26,12 @@ import torch
 import transformers
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from audioclf import files
 from audioclf.config import DataSpec, ModelOptions, TrainOptions
 from audioclf.data import ClipSet, clip_samples, load_clips, split_dataset
 from audioclf.distributed import Processes
-from audioclf.errors import ConfigError, DataError, ModelError, OutputExistsError
+from audioclf.errors import ConfigError, DataError, ModelError, OutputError
 from audioclf.features import (
     CLIP_INDEX_COLUMN,
     WHISPER_MAX_WINDOW_SECONDS,
@@ -263,35 +268,168 @@ def _optimizer(model, options: TrainOptions):
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=options.weight_decay)
 
 
+FINAL_FOLDER = "final"  # under OUT.partial: the finished model directory, complete once it has this name
+TRAINER_STATE_FILE = "trainer_state.json"  # the Trainer writes it last into each checkpoint
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+
+
 def _output_paths(output: Path) -> tuple[Path, Path]:
     work = output.with_name(output.name + ".partial")
     return work, work / "checkpoints"
+
+
+@contextmanager
+def hold_output(output: Path):
+    """The claim of one training run on `output`: a files.OutputLock on it, held by the process that writes it (the
+    one that starts the others with --nproc), so a second run on the same output stops with a one-line error
+    instead of deleting the first one's OUT.partial. Holding it, it cleans what killed runs left beside `output`
+    (files.clean_stale: temporary folders removed, a model moved aside mid-swap put back)."""
+    files.check_writable_output(output, "--output", "folder")  # the lock file goes where the output would
+    with files.OutputLock(output, "--output", "training run"):
+        files.clean_stale(output)
+        yield
+
+
+def _holding_output(train_function):
+    """Run train() holding its output (hold_output): the main process of a run does, a process of a multi-process
+    run other than the main one (RANK > 0, as torchrun and accelerate set it) does not, and a process that
+    `audioclf train --nproc` started finds its launcher's lock already held for it."""
+
+    @functools.wraps(train_function)
+    def holding(data, model_opts, options, output, *args, **kwargs):
+        if os.environ.get("RANK", "0") != "0":
+            return train_function(data, model_opts, options, output, *args, **kwargs)
+        with hold_output(Path(output)):
+            return train_function(data, model_opts, options, output, *args, **kwargs)
+
+    return holding
 
 
 def check_run(output: Path, model_opts: ModelOptions, *, overwrite: bool = False, resume: bool = False,
               push_to_hub: bool = False) -> str | None:
     """What train() checks before any work: the output, the checkpoint to resume from, the Hub, the model.
     It only reads, so every process of a run can make the same checks and meet the same error; `audioclf train
-    --nproc` makes them once before launching. Returns the checkpoint to resume from, if resuming."""
-    work, checkpoints = _output_paths(Path(output))
-    files.check_replaceable(output, folder=True)
-    if Path(output).exists() and not overwrite:
-        raise OutputExistsError(f"--output {output}: already exists; pass --overwrite to replace it")
-    last_checkpoint = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
-    if resume and last_checkpoint is None:
-        raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoints}")
+    --nproc` makes them once before launching. Returns the checkpoint to resume from, if resuming and there is no
+    finished model to install."""
+    output = Path(output)
+    work, checkpoints = _output_paths(output)
+    files.check_writable_output(output, "--output", "folder", overwrite=overwrite)
+    finished = finished_model(output)
+    if finished is not None and not resume:
+        raise OutputError(f"--output {output}: {finished} holds the finished model of an earlier run, not yet moved "
+                          f"to {output}; pass --resume to install it, or delete {work} to discard it")
+    last_checkpoint = None
+    if resume and finished is None:
+        chosen, incomplete = resume_checkpoint(checkpoints)
+        if chosen is None:
+            why = "; ".join(f"{path.name} {problem}" for path, problem in incomplete)
+            raise ConfigError(f"--resume: no {'complete ' if incomplete else ''}checkpoint to resume from in "
+                              f"{checkpoints}" + (f" ({why})" if why else ""))
+        last_checkpoint = str(chosen)
     if push_to_hub:
         _check_hub_reachable()
     _check_model_options(model_opts)  # a bad model is reported before the data is scanned
     return last_checkpoint
 
 
+def finished_model(output: Path) -> Path | None:
+    """OUT.partial/final where it holds a finished model that is not yet at `output` (a run stopped between
+    writing it and installing it); None where there is none, or it is the model already at `output` (a run stopped
+    while removing OUT.partial)."""
+    final = _output_paths(Path(output))[0] / FINAL_FOLDER
+    if not all((final / name).is_file() for name in (files.MODEL_CONFIG_FILE, files.METRICS_FILE)):
+        return None
+    return None if Path(output).is_dir() and files.same_files(final, output) else final
+
+
+def resume_checkpoint(checkpoints: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint under `checkpoints` (None where there is none) and each newer one that is not,
+    with what is wrong with it (checkpoint_problem)."""
+    if not checkpoints.is_dir():
+        return None, []
+    found = [(int(match[1]), path) for path in checkpoints.iterdir()
+             if (match := CHECKPOINT_NAME.fullmatch(path.name)) and path.is_dir()]
+    incomplete = []
+    for _, path in sorted(found, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, incomplete
+        incomplete.append((path, problem))
+    return None, incomplete
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What makes a Trainer checkpoint folder unusable for --resume (a save cut off by a kill or a full disk), or
+    None. Looks at the trainer state (written last), the weights (their safetensors header against the file's size)
+    and torch's files (their zip directory, at the end of the file), without loading any of them."""
+    if not (checkpoint / TRAINER_STATE_FILE).is_file():
+        return f"has no {TRAINER_STATE_FILE} (its save did not finish)"
+    if not any(checkpoint.glob("*.safetensors")) and not any(checkpoint.glob("pytorch_model*.bin")):
+        return "has no model weights"
+    for path in sorted(checkpoint.iterdir()):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".safetensors":
+                _check_safetensors(path)
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                zipfile.ZipFile(path).close()
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, zipfile.BadZipFile):
+            return f"has {path.name} cut short or corrupt"
+    return None
+
+
+def _check_safetensors(path: Path) -> None:
+    """Raise ValueError where a safetensors file is shorter than its header says (or has no readable header)."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        header_bytes = int.from_bytes(f.read(8), "little")  # the header's length comes first
+        if header_bytes > size:
+            raise ValueError(f"{path}: shorter than its header")
+        header = json.loads(f.read(header_bytes))
+        end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+        if size < 8 + header_bytes + end:
+            raise ValueError(f"{path}: shorter than its header says")
+
+
+def _drop_incomplete_checkpoints(checkpoints: Path, chosen: str, echo) -> None:
+    """Remove the checkpoints newer than `chosen` that a kill left half written (the Trainer would count them among
+    its newest), saying so in one line."""
+    _, incomplete = resume_checkpoint(checkpoints)
+    if not incomplete:
+        return
+    for path, _ in incomplete:
+        shutil.rmtree(path, ignore_errors=True)
+    echo(f"--resume: {'; '.join(f'{path.name} {problem}' for path, problem in incomplete)}; removed "
+         f"{'it' if len(incomplete) == 1 else 'them'} and resuming from {Path(chosen).name}")
+
+
+def _install(work: Path, output: Path, overwrite: bool) -> None:
+    """Put OUT.partial/final at `output`, then remove OUT.partial. The model is copied as hard links, so
+    OUT.partial/final stays whole until `output` holds it, whenever the run is stopped (see finished_model)."""
+    files.install_copy(work / FINAL_FOLDER, output, overwrite=overwrite)  # an old model goes once this is in place
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _install_finished(final: Path, output: Path, overwrite: bool, processes: Processes, echo) -> TrainResult:
+    """--resume of a run stopped after its model was finished: install that model, train nothing."""
+    metrics = None
+    if processes.is_main:
+        echo(f"--resume: {final} holds the finished model of the earlier run; installing it at {output}")
+        metrics = json.loads((final / files.METRICS_FILE).read_text(encoding="utf-8"))
+        _install(final.parent, output, overwrite)
+    return TrainResult(output=output, metrics=processes.broadcast(metrics), main_process=processes.is_main)
+
+
+@_holding_output
 def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, output: Path, *, overwrite: bool = False,
           resume: bool = False, push_to_hub: bool = False, hub_model_id: str | None = None, progress: bool = True,
           echo=print, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Fine-tune a classifier on `data` and write a Hugging Face model directory to `output`.
 
-    Work happens in `<output>.partial/` (checkpoints, for --resume); `output` appears only when complete.
+    Work happens in `<output>.partial/` (checkpoints, for --resume); `output` appears only when complete. A second
+    run on the same output is refused while one holds it (hold_output). With `resume`, a finished model left in
+    OUT.partial/final is installed without training again.
     Started in several processes (torchrun, accelerate launch), each trains on its share of every batch and
     returns the same result; only the main process prints, shows progress and writes.
     """
@@ -306,9 +444,14 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
                           f"`audioclf train --nproc {options.nproc}`, torchrun or accelerate launch")
     work, checkpoints = _output_paths(output)
     last_checkpoint = check_run(output, model_opts, overwrite=overwrite, resume=resume, push_to_hub=push_to_hub)
+    finished = finished_model(output) if resume else None
     processes.wait()  # every process has looked at the output before the main one changes anything
+    if finished is not None:
+        return _install_finished(finished, output, overwrite, processes, echo)
     if processes.is_main and not resume and work.exists():
         shutil.rmtree(work)
+    if processes.is_main and resume:
+        _drop_incomplete_checkpoints(checkpoints, last_checkpoint, echo)
     if options.threads:
         torch.set_num_threads(options.threads)
 
@@ -348,24 +491,21 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     metrics["train_seconds"] = round(time.monotonic() - started, 1)
 
     if processes.is_main:
-        staging = work / "final"
-        if staging.exists():
-            shutil.rmtree(staging)
-        bundle.save(staging)
         as_run = replace(options, nproc=processes.count)  # so `--config train_config.json` has the same global batch
         resolved = {"data": asdict(data), "model": asdict(model_opts), "train": asdict(as_run), "window_seconds": window,
                     "versions": {"transformers": transformers.__version__, "torch": torch.__version__}}
-        files.write_json(staging / files.TRAIN_CONFIG_FILE, resolved)
-        files.write_json(staging / files.METRICS_FILE, metrics)
-        files.write_text(staging / files.LABELS_FILE, "".join(label + "\n" for label in clips.labels))
+        with files.AtomicDirectory(work / FINAL_FOLDER, overwrite=True) as staging:  # OUT.partial/final: complete
+            bundle.save(staging)
+            files.write_json(staging / files.TRAIN_CONFIG_FILE, resolved)
+            files.write_json(staging / files.METRICS_FILE, metrics)
+            files.write_text(staging / files.LABELS_FILE, "".join(label + "\n" for label in clips.labels))
         if push_to_hub:
             if trainer is not None:
                 trainer.push_to_hub()  # with plain DDP its save involves no other process
             else:
                 bundle.model.push_to_hub(hub_model_id or output.name)
                 bundle.feature_extractor.push_to_hub(hub_model_id or output.name)
-        files.install_directory(staging, output, overwrite=overwrite)  # an old one goes only once this is in place
-        shutil.rmtree(work, ignore_errors=True)
+        _install(work, output, overwrite)
     metrics = processes.broadcast(metrics)  # the others return once the model directory is in place
     return TrainResult(output=output, metrics=metrics, main_process=processes.is_main)
 
