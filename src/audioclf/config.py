@@ -7,6 +7,9 @@ trained model as train_config.json. This module imports nothing heavy, so the co
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -14,6 +17,8 @@ from audioclf.errors import ConfigError
 
 CROPS = ("random", "center", "start")
 MODES = ("full", "probe")
+PRESET_NAMES = ("default", "seed")  # the keys of PRESETS, which is defined below TrainOptions
+SEED_RANGE = (0, 2**32 - 1)  # what every seeded library takes (numpy's legacy seed is the narrowest)
 # The per-window option has this one name on the CLI (--segments), the HTTP API (?segments=true) and the web page;
 # the CLI also takes --timeline, its earlier name, and the API answers a 422 naming `segments` for it.
 SEGMENTS_OPTION = "segments"
@@ -36,6 +41,93 @@ BYTES_PER_MB = 1024 * BYTES_PER_KB
 def option_help(cls, name: str) -> str:
     """The help text of an option field, so the CLI says exactly what the library documents."""
     return next(f.metadata.get("help", "") for f in fields(cls) if f.name == name)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option takes: from `low` to `high`, each bound included unless it is open; a float must
+    also be finite. `note` says what the number is, in the message that refuses one."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""
+
+    def allows(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            if self.low == 0 and self.low_open and not self.high_open:
+                text = f"positive and at most {high}"
+            elif self.low_open or self.high_open:
+                text = f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+            else:
+                text = f"from {low} to {high}"
+        elif self.low is not None:
+            text = ("positive" if self.low == 0 else f"above {low}") if self.low_open else f"{low} or more"
+        else:
+            text = f"below {high}" if self.high_open else f"{high} or less"
+        return f"{text} ({self.note})" if self.note else text
+
+
+def at_least(low: int, note: str = "") -> Range:
+    return Range(low, note=note)
+
+
+def positive(high: float | None = None, note: str = "") -> Range:
+    return Range(0, high, low_open=True, note=note)
+
+
+def share(note: str, low_open: bool = False, high: float = 1.0) -> Range:
+    """A fraction: from 0 (or above it) up to, not including, `high`."""
+    return Range(0, high, low_open=low_open, high_open=True, note=note)
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def check_options(options) -> None:
+    """Refuse any field of an option group whose value its type, range (field metadata `valid`) or choices (`choices`)
+    do not allow, with a ConfigError that names the flag, the value and what would be valid. Every option group calls
+    this from __post_init__, so flags, --config files and the Python API are checked alike, before any work."""
+    for f in fields(options):
+        value = getattr(options, f.name)
+        flag = f"--{f.name.replace('_', '-')}"
+        kinds = [part.strip() for part in str(f.type).split("|")]
+        kind, valid, choices = kinds[0], f.metadata.get("valid"), f.metadata.get("choices")
+        if value is None:
+            if "None" in kinds:
+                continue
+            raise ConfigError(f"{flag}: a value is required")
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{flag} {value!r}: must be true or false")
+        elif kind == "str":
+            if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+                raise ConfigError(f"{flag} {value!r}: must be a non-empty text" + (
+                    f", one of {', '.join(choices)}" if choices else ""))
+            if choices and value not in choices:
+                raise ConfigError(f"{flag} {value!r}: must be one of {', '.join(choices)}")
+        elif kind.startswith("tuple"):
+            if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise ConfigError(f"{flag} {value!r}: must be non-empty texts")
+        else:  # int or float: every one has its Range
+            whole = kind == "int"
+            what = valid.describe()
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
+                raise ConfigError(f"{flag} {value!r}: not a {'whole ' if whole else ''}number; must be {what}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{flag} {value}: not a finite number; must be {what}")
+            if not valid.allows(value):
+                raise ConfigError(f"{flag} {_number(value)}: must be {what}")
 
 
 @dataclass(frozen=True)
@@ -63,16 +155,16 @@ class DataSpec:
         metadata={"help": "Use only this split of the source (Hub, save_to_disk, parquet or manifest split), e.g. 'train'."},
     )
     test_size: float = field(
-        default=0.2, metadata={"help": "Fraction of clips held out for testing when the source brings no splits."}
+        default=0.2, metadata={"help": "Fraction of clips held out for testing when the source brings no splits.",
+                               "valid": share("a fraction of the clips", low_open=True)}
     )
-    seed: int = field(default=42, metadata={"help": "Seed of the train/test split."})
+    seed: int = field(default=42, metadata={"help": "Seed of the train/test split.", "valid": Range(*SEED_RANGE)})
     strict: bool = field(default=False, metadata={"help": "Fail on the first unreadable clip instead of skipping it."})
 
     def __post_init__(self):
         if not str(self.data).strip():
             raise ConfigError("no data source given: pass a folder, a manifest, a save_to_disk folder, parquet or a Hub id")
-        if not 0.0 < self.test_size < 1.0:
-            raise ConfigError(f"--test-size {self.test_size} must be between 0 and 1 (a fraction of the clips)")
+        check_options(self)
 
 
 @dataclass
@@ -85,48 +177,60 @@ class ModelOptions:
         default=None, metadata={"help": "Classify from a learned weighted sum of all encoder layers (SUPERB style)."}
     )
 
+    def __post_init__(self):
+        check_options(self)
+
 
 @dataclass
 class TrainOptions:
-    mode: str = field(default="full", metadata={"help": "'full' fine-tunes the encoder; 'probe' keeps it frozen, caches its per-layer outputs once and trains only the head (seconds)."})
-    preset: str = field(default="default", metadata={"help": "Starting values: 'default' (learns on a CPU) or 'seed' (the guide's recipe)."})
+    mode: str = field(default="full", metadata={"help": "'full' fine-tunes the encoder; 'probe' keeps it frozen, caches its per-layer outputs once and trains only the head (seconds).", "choices": MODES})
+    preset: str = field(default="default", metadata={"help": "Starting values: 'default' (learns on a CPU) or 'seed' (the guide's recipe).", "choices": PRESET_NAMES})
     max_seconds: float | None = field(
-        default=None, metadata={"help": "Clip window in seconds; default: the 90th percentile of training clip durations, rounded up."}
+        default=None, metadata={"help": "Clip window in seconds; default: the 90th percentile of training clip durations, rounded up.",
+                                "valid": positive(note="seconds")}
     )
-    train_crop: str = field(default="random", metadata={"help": "How training clips are cut to the window: random, center or start."})
-    eval_crop: str = field(default="start", metadata={"help": "How evaluation clips are cut to the window: random, center or start."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the encoder."})
-    head_learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate of the classification head (default: same as the encoder)."})
-    batch_size: int = field(default=8, metadata={"help": "Training clips per device per step."})
-    eval_batch_size: int = field(default=16, metadata={"help": "Evaluation clips per device per step."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps whose gradients are summed before an update."})
-    epochs: float = field(default=12, metadata={"help": "Maximum number of passes over the training clips."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of the updates spent warming the learning rate up."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many updates."})
+    train_crop: str = field(default="random", metadata={"help": "How training clips are cut to the window: random, center or start.", "choices": CROPS})
+    eval_crop: str = field(default="start", metadata={"help": "How evaluation clips are cut to the window: random, center or start.", "choices": CROPS})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the encoder.", "valid": positive(1.0)})
+    head_learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate of the classification head (default: same as the encoder).", "valid": positive(1.0)})
+    batch_size: int = field(default=8, metadata={"help": "Training clips per device per step.", "valid": at_least(1)})
+    eval_batch_size: int = field(default=16, metadata={"help": "Evaluation clips per device per step.", "valid": at_least(1)})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps whose gradients are summed before an update.", "valid": at_least(1)})
+    epochs: float = field(default=12, metadata={"help": "Maximum number of passes over the training clips.", "valid": positive()})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of the updates spent warming the learning rate up.", "valid": share("a share of the updates")})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay.", "valid": at_least(0)})
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every this many updates.", "valid": at_least(1)})
     early_stopping_patience: int | None = field(
-        default=4, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never)."}
+        default=4, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never).",
+                             "valid": at_least(0)}
     )
     freeze_front_end: bool = field(default=True, metadata={"help": "Freeze the convolutional feature encoder."})
-    freeze_layers: int = field(default=0, metadata={"help": "Also freeze this many of the encoder's lowest transformer layers."})
+    freeze_layers: int = field(default=0, metadata={"help": "Also freeze this many of the encoder's lowest transformer layers.", "valid": at_least(0)})
     speed_perturbation: float = field(
-        default=0.1, metadata={"help": "Randomly speed training clips up or down by up to this fraction (0.1: 0.9x-1.1x), shifting pitch and tempo like another voice would."}
+        default=0.1, metadata={"help": "Randomly speed training clips up or down by up to this fraction (0.1: 0.9x-1.1x), shifting pitch and tempo like another voice would.",
+                              "valid": share("a fraction of the speed", high=0.5)}
     )
     spec_augment: float = field(
-        default=0.2, metadata={"help": "SpecAugment for Whisper-type models: hide about this share of each training window's log-mel frames in 0.2 s time masks, plus two bands of mel bins (0: off). The wav2vec2 family use their config's mask_time_prob instead."}
+        default=0.2, metadata={"help": "SpecAugment for Whisper-type models: hide about this share of each training window's log-mel frames in 0.2 s time masks, plus two bands of mel bins (0: off). The wav2vec2 family use their config's mask_time_prob instead.",
+                              "valid": share("a share of the frames")}
     )
     probe_init: bool = field(
         default=True, metadata={"help": "Before fine-tuning a pretrained encoder, fit the head on its frozen outputs (linear probe, then fine-tune): faster to learn, better on unseen speakers."}
     )
     class_weights: bool = field(default=False, metadata={"help": "Weight the loss by inverse label frequency (for imbalanced data)."})
     validation_size: float = field(
-        default=0.1, metadata={"help": "Share of training clips held out for early stopping (0: evaluate on the test split, as the guide does)."}
+        default=0.1, metadata={"help": "Share of training clips held out for early stopping (0: evaluate on the test split, as the guide does).",
+                               "valid": share("a share of the training clips")}
     )
-    seed: int = field(default=42, metadata={"help": "Random seed for the model head, crops, splits and data order."})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch, per process (default: torch's choice; with --nproc on a CPU, the cores shared out between the processes)."})
+    seed: int = field(default=42, metadata={"help": "Random seed for the model head, crops, splits and data order.", "valid": Range(*SEED_RANGE)})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads for torch, per process (default: torch's choice; with --nproc on a CPU, the cores shared out between the processes).", "valid": at_least(1)})
     nproc: int = field(
-        default=1, metadata={"help": "Train in this many processes on this machine (one per GPU, or CPU cores shared out), launched with torch.distributed.run; batch size is per process. Under torchrun or accelerate launch, leave it out."}
+        default=1, metadata={"help": "Train in this many processes on this machine (one per GPU, or CPU cores shared out), launched with torch.distributed.run; batch size is per process. Under torchrun or accelerate launch, leave it out.",
+                             "valid": at_least(1, "processes on this machine")}
     )
+
+    def __post_init__(self):
+        check_options(self)
 
 
 @dataclass(frozen=True)
@@ -134,31 +238,29 @@ class InferOptions:
     """How a loaded model scores audio: the scoring flags of `audioclf predict`. Every door scores with the same
     defaults (serve takes top_k and segments per request)."""
 
-    top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": "How many labels to give per clip, highest first."})
+    top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": "How many labels to give per clip, highest first.",
+                                                         "valid": at_least(1)})
     window_seconds: float | None = field(default=None, metadata={
         "help": "Window that recordings longer than it are cut into; default: the model's fixed window (Whisper), "
-                f"else the longer of {DEFAULT_WINDOW_SECONDS:g} s and its training window."})
+                f"else the longer of {DEFAULT_WINDOW_SECONDS:g} s and its training window.", "valid": positive()})
     hop_seconds: float | None = field(default=None, metadata={
-        "help": f"Step between windows; default: {DEFAULT_HOP_FRACTION:g} of a window."})
+        "help": f"Step between windows; default: {DEFAULT_HOP_FRACTION:g} of a window.", "valid": positive()})
     segments: bool = field(default=False, metadata={"help": SEGMENTS_HELP})
     batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata={"help": "Most clips (or windows) run through the "
-                                                                          "model together."})
+                                                                          "model together.",
+                                                               "valid": at_least(1)})
     threads: int | None = field(default=None, metadata={"help": "CPU threads for the model; default: one per core "
-                                                                "(with --ray: per actor, default 1)."})
+                                                                "(with --ray: per actor, default 1).",
+                                                        "valid": at_least(1)})
     backend: str | None = field(default=None, metadata={"help": f"{' or '.join(BACKENDS)}; default: onnx where the "
-                                                                "model directory holds model.onnx, else torch."})
+                                                                "model directory holds model.onnx, else torch.",
+                                                        "choices": BACKENDS})
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "batch_size", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {value}: must be 1 or more")
-        for name in ("window_seconds", "hop_seconds"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:  # also refuses nan
-                raise ConfigError(f"--{name.replace('_', '-')} {value:g}: must be positive")
-        if self.backend is not None and self.backend not in BACKENDS:
-            raise ConfigError(f"--backend {self.backend!r}: must be one of {', '.join(BACKENDS)}")
+        check_options(self)
+        if self.window_seconds is not None and self.hop_seconds is not None and self.hop_seconds > self.window_seconds:
+            raise ConfigError(f"--hop-seconds {self.hop_seconds:g}: must be positive and at most the window "
+                              f"({self.window_seconds:g} s)")  # as features.WindowPlan says it once the model is known
 
     def classifier_options(self) -> dict:
         """What infer.load_classifier takes of these (all but top_k and segments, which are per request)."""
@@ -172,14 +274,17 @@ class ServeSettings:
 
     host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; loopback by default. Anything else "
                                                             "exposes the service to the network: set --api-key."})
-    port: int = field(default=8000, metadata={"help": "TCP port to listen on."})
-    max_batch: int = field(default=8, metadata={"help": "Most clips classified together in one micro-batch."})
+    port: int = field(default=8000, metadata={"help": "TCP port to listen on.", "valid": Range(1, 65535)})
+    max_batch: int = field(default=8, metadata={"help": "Most clips classified together in one micro-batch.",
+                                                "valid": at_least(1)})
     max_wait_ms: float = field(default=10.0, metadata={"help": "Longest a request waits for others to share its "
-                                                               "micro-batch, in milliseconds."})
+                                                               "micro-batch, in milliseconds.", "valid": at_least(0)})
     max_queue: int = field(default=64, metadata={"help": "Most requests waiting for inference; beyond it the server "
-                                                         "answers 503 with Retry-After."})
-    max_upload_mb: float = field(default=25.0, metadata={"help": "Largest request body accepted, in MiB (413 above)."})
-    max_audio_seconds: float = field(default=600.0, metadata={"help": "Longest clip accepted, in seconds (413 above)."})
+                                                         "answers 503 with Retry-After.", "valid": at_least(1)})
+    max_upload_mb: float = field(default=25.0, metadata={"help": "Largest request body accepted, in MiB (413 above).",
+                                                         "valid": positive()})
+    max_audio_seconds: float = field(default=600.0, metadata={"help": "Longest clip accepted, in seconds (413 above).",
+                                                              "valid": positive()})
     api_key: str | None = field(default=None, metadata={"help": f"Require 'Authorization: Bearer KEY' on /v1/*, "
                                                                 f"/metrics and /openapi.json (/healthz, /readyz and "
                                                                 f"the page stay open). Default: the {API_KEY_ENV} "
@@ -189,34 +294,29 @@ class ServeSettings:
                 "network. Without --api-key everything is open anyway."})
     cors_origins: tuple[str, ...] = field(default=(), metadata={"help": "Origin allowed to call the API from other "
                                                                         "web pages (repeatable); none by default."})
-    top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": "Labels returned when a request gives no top_k."})
+    top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": "Labels returned when a request gives no top_k.",
+                                                         "valid": at_least(1)})
     # What a slow or hostile client may hold: without these a connection that sends half a header is kept forever.
     header_timeout_seconds: float = field(default=10.0, metadata={
         "help": "Longest a client may take to send a request's line and headers, from connecting (or from its "
-                "first byte on a kept-alive connection); past it the server answers 408 and closes the connection."})
+                "first byte on a kept-alive connection); past it the server answers 408 and closes the connection.",
+        "valid": positive()})
     body_timeout_seconds: float = field(default=60.0, metadata={
         "help": "Longest a request's body may take to arrive once its headers have (the default lets a 25 MiB "
-                "upload come at 0.5 MiB/s); past it the server answers 408 and closes the connection."})
+                "upload come at 0.5 MiB/s); past it the server answers 408 and closes the connection.",
+        "valid": positive()})
     keep_alive_seconds: float = field(default=5.0, metadata={
-        "help": "How long an idle connection is kept open for its next request."})
+        "help": "How long an idle connection is kept open for its next request.", "valid": positive()})
     max_connections: int = field(default=128, metadata={
         "help": "Most connections open at once, idle and half-sent ones included; a request that arrives on a "
-                "connection beyond it is answered 503 with Retry-After and the connection closed."})
+                "connection beyond it is answered 503 with Retry-After and the connection closed.",
+        "valid": at_least(1)})
     max_header_kb: int = field(default=16, metadata={
-        "help": "Largest request line and headers buffered while they arrive, in KiB (431 above)."})
+        "help": "Largest request line and headers buffered while they arrive, in KiB (431 above).",
+        "valid": at_least(1)})
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "top_k", "max_connections", "max_header_kb"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 1 or more")
-        for name in ("max_upload_mb", "max_audio_seconds", "header_timeout_seconds", "body_timeout_seconds",
-                     "keep_alive_seconds"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be above 0")
-        if self.max_wait_ms < 0:
-            raise ConfigError(f"--max-wait-ms {self.max_wait_ms}: must be 0 or more")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"--port {self.port}: must be 1-65535")
+        check_options(self)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -235,6 +335,7 @@ SEED_PRESET = dict(
     class_weights=False, validation_size=0.0,
 )
 PRESETS: dict[str, dict] = {"seed": SEED_PRESET, "default": {}}
+assert set(PRESETS) == set(PRESET_NAMES)
 
 
 def resolve_options(preset: str, overrides: dict) -> TrainOptions:
@@ -246,27 +347,7 @@ def resolve_options(preset: str, overrides: dict) -> TrainOptions:
     if unknown:
         raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
     options = replace(TrainOptions(preset=preset), **PRESETS[preset])
-    options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
-    if options.mode not in MODES:
-        raise ConfigError(f"--mode {options.mode!r}: choose one of {', '.join(MODES)}")
-    for name in ("train_crop", "eval_crop"):
-        if getattr(options, name) not in CROPS:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(options, name)!r}: choose one of {', '.join(CROPS)}")
-    if options.max_seconds is not None and options.max_seconds <= 0:
-        raise ConfigError(f"--max-seconds {options.max_seconds}: must be positive")
-    if not 0 <= options.speed_perturbation < 0.5:
-        raise ConfigError(f"--speed-perturbation {options.speed_perturbation}: must be in [0, 0.5)")
-    if not 0 <= options.spec_augment < 1:
-        raise ConfigError(f"--spec-augment {options.spec_augment}: must be in [0, 1) (a share of the frames)")
-    if options.nproc < 1:
-        raise ConfigError(f"--nproc {options.nproc}: must be 1 or more (processes on this machine)")
-    if options.freeze_layers < 0:
-        raise ConfigError(f"--freeze-layers {options.freeze_layers}: must be 0 or more")
-    if not 0 <= options.warmup_ratio < 1:
-        raise ConfigError(f"--warmup-ratio {options.warmup_ratio}: must be in [0, 1) (a share of the updates)")
-    if not 0 <= options.validation_size < 1:
-        raise ConfigError(f"--validation-size {options.validation_size}: must be in [0, 1)")
-    return options
+    return replace(options, **{k: v for k, v in overrides.items() if v is not None})  # checked (__post_init__)
 
 
 @dataclass
