@@ -181,3 +181,33 @@ def test_load_model_gives_a_saved_model_new_labels(tmp_path):
     assert kept.model.config.id2label == {0: "cat", 1: "dog"}
     assert relabelled.model.config.id2label == {0: "low", 1: "high", 2: "noise"}
     assert relabelled.model.classifier.out_features == 3
+
+
+def test_a_damaged_checkpoint_is_named_in_one_line_before_transformers_reads_it(tmp_path):
+    model = tmp_path / "model"
+    build_model("tiny-wav2vec2", ["cat", "dog"]).save(model)
+    weights = model / "model.safetensors"
+    whole = weights.read_bytes()
+    config = json.loads((model / "config.json").read_text())
+
+    weights.write_bytes(whole[: len(whole) // 2])
+    for labels in (None, LABELS):  # evaluate/predict/serve/export, and train --model DIR
+        with pytest.raises(ModelError) as error:
+            load_model(str(model), labels)
+        assert str(error.value) == (f"{weights}: truncated or corrupt weights (Error while deserializing header: "
+                                    f"incomplete metadata, file not fully covered); copy the model directory again, "
+                                    f"or train it again")
+
+    weights.write_bytes(whole)
+    (model / "config.json").write_text(json.dumps({**config, "id2label": {"0": "a", "1": "b", "2": "c"},
+                                                   "label2id": {"a": 0, "b": 1, "c": 2}}))
+    with pytest.raises(ModelError) as error:
+        load_model(str(model))
+    assert str(error.value) == (f"{model / 'config.json'}: id2label names 3 labels but the classifier head in "
+                                f"model.safetensors (classifier.weight) has 2 outputs; the label maps and the weights "
+                                f"must agree: restore config.json, or train the model again")
+    assert load_model(str(model), LABELS).model.classifier.out_features == 3  # new labels get a new head, as before
+
+    (model / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match=r"config.json: not valid JSON \(Expecting property name"):
+        load_model(str(model))

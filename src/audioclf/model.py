@@ -26,8 +26,11 @@ from transformers import (
 
 from audioclf.errors import ConfigError, ModelError
 from audioclf.features import WHISPER_MAX_WINDOW_SECONDS, whisper_positions, whisper_window_seconds
+from audioclf.files import MODEL_CONFIG_FILE
 
 WAV2VEC2_SAMPLING_RATE = 16_000  # Hz; the rate the wav2vec2 family is pretrained at
+# The classifier layer of transformers' audio classifiers, whose rows are the labels: wav2vec2 family and Whisper, AST
+HEAD_WEIGHT_NAMES = ("classifier.weight", "classifier.dense.weight")
 WAV2VEC2_FAMILY = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "unispeech", "unispeech-sat", "sew", "sew-d")
 
 _TINY_ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -152,19 +155,71 @@ def build_model(model_config: str, labels: list[str], seed: int = 42, weighted_l
 
 
 def check_model_reference(model: str) -> bool:
-    """Whether `model` is a local directory; a path that does not exist is a ModelError, before any work.
-    Anything else is taken for a Hub id."""
+    """Whether `model` is a local directory; a path that does not exist, or a directory whose config.json or weights
+    are damaged, is a ModelError, before any work. Anything else is taken for a Hub id."""
     if Path(model).exists():
+        if Path(model).is_dir():
+            _check_checkpoint_files(Path(model))
         return True
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ModelError(f"--model {model!r}: no such directory")
     return False
 
 
+DAMAGED_HINT = "copy the model directory again, or train it again"
+
+
+def _check_checkpoint_files(directory: Path) -> None:
+    """config.json parses and every safetensors file is whole (its header, which says where every tensor's bytes
+    end, is read without the tensors), so that a damaged copy is named rather than a traceback from deep inside
+    transformers."""
+    from safetensors import safe_open
+
+    config = directory / MODEL_CONFIG_FILE
+    if config.is_file():
+        try:
+            json.loads(config.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ModelError(f"{config}: not valid JSON ({e}); {DAMAGED_HINT}") from e
+    for weights in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except Exception as e:  # safetensors' own error type, or OSError
+            raise ModelError(f"{weights}: truncated or corrupt weights ({str(e).splitlines()[0]}); "
+                             f"{DAMAGED_HINT}") from e
+
+
+def _check_head_fits_labels(directory: Path) -> None:
+    """The classifier head has one output per label that config.json's id2label names. transformers would refuse the
+    mismatch with a RuntimeError after printing a table."""
+    from safetensors import safe_open
+
+    try:
+        id2label = json.loads((directory / MODEL_CONFIG_FILE).read_text()).get("id2label")
+    except (OSError, ValueError, AttributeError):
+        return  # no usable config.json: transformers says so
+    if not isinstance(id2label, dict):
+        return
+    for weights in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as f:
+            head = [key for key in f.keys() if key.endswith(HEAD_WEIGHT_NAMES)]
+            if head:
+                outputs = f.get_slice(head[0]).get_shape()[0]
+                if outputs != len(id2label):
+                    raise ModelError(
+                        f"{directory / MODEL_CONFIG_FILE}: id2label names {len(id2label)} labels but the classifier "
+                        f"head in {weights.name} ({head[0]}) has {outputs} outputs; the label maps and the weights "
+                        f"must agree: restore config.json, or train the model again")
+                return
+
+
 def load_model(model: str, labels: list[str] | None = None, weighted_layer_sum: bool | None = None) -> ModelBundle:
     """Load a classifier from a local directory or a Hub id. With `labels`, the head is sized and named for
     them (a new head where the checkpoint's does not fit); without, the checkpoint's own labels are kept."""
     local = check_model_reference(model)
+    if local and labels is None and Path(model).is_dir():
+        _check_head_fits_labels(Path(model))
     kwargs: dict = {}
     if labels is not None:
         id2label, label2id = label_maps(labels)
@@ -184,6 +239,9 @@ def load_model(model: str, labels: list[str] | None = None, weighted_layer_sum: 
         raise ModelError(f"--model {model!r}: cannot load it as a {where}: {str(e).splitlines()[0]}") from e
     except ValueError as e:
         raise ModelError(f"--model {model!r}: not an audio-classification checkpoint ({str(e).splitlines()[0]})") from e
+    except Exception as e:  # anything else a damaged checkpoint makes transformers or torch raise
+        raise ModelError(f"--model {model!r}: cannot load it ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0]}); {DAMAGED_HINT}") from e
     return ModelBundle(classifier, feature_extractor)
 
 
