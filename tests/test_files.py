@@ -562,3 +562,55 @@ def test_install_copy_links_the_files_and_keeps_the_source(tmp_path):
     assert os.path.samefile(source / "model.safetensors", target / "model.safetensors")  # no data copied
     assert same_files(source, target)
     assert _names(tmp_path) == ["final", "model"]
+
+
+# --- walking folders ---------------------------------------------------------------------------------------------
+
+
+def _audio_tree(root: Path) -> Path:
+    """x.wav, a/z.wav, a/b/w.wav, a/b/v.flac, hidden .y.wav and .h/q.wav, c/u.wav, a pipe and a broken link in c/."""
+    for name in ("x.wav", ".y.wav", "a/z.wav", "a/b/w.wav", "a/b/v.flac", ".h/q.wav", "c/u.wav"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    os.mkfifo(root / "c" / "p.wav")
+    (root / "c" / "broken.wav").symlink_to(root / "nowhere")
+    return root
+
+
+@pytest.mark.parametrize("pattern", ["**/*.wav", "*.wav", "*/*.wav", ".*", "**", "a/**/*.wav", "**/b/*", "c/*",
+                                     "x.wav", "nope.wav", "a/*", "a/**", "**/"])
+def test_find_files_gives_what_glob_gives_without_links(tmp_path, monkeypatch, pattern):
+    import glob
+
+    monkeypatch.chdir(_audio_tree(tmp_path))
+    for given in (pattern, str(tmp_path / pattern)):
+        from_glob = sorted(p for p in glob.iglob(given, recursive=True) if not os.path.isdir(p))
+        assert sorted(files.find_files(given)) == from_glob
+
+
+def test_links_back_up_the_tree_are_not_followed_round_and_each_file_comes_once(tmp_path):
+    import glob
+    import itertools
+    import time
+
+    root = _audio_tree(tmp_path / "clips")
+    (root / "a" / "b" / "up").symlink_to("..")  # a loop: a/b/up/b/up/...
+    (root / "a" / "b" / "top").symlink_to("../..")  # a second one; glob's paths grow exponentially with the depth
+    (root / "c" / "again").symlink_to("../a")  # the same folder under another name
+    (root / "c" / "alias.wav").symlink_to("u.wav")  # the same file under another name
+    real = ["a/b/w.wav", "a/z.wav", "c/alias.wav", "c/broken.wav", "c/p.wav", "x.wav"]  # c/u.wav is c/alias.wav
+    looping = glob.iglob(str(root / "**" / "*.wav"), recursive=True)
+    assert len(list(itertools.islice(looping, 1000))) == 1000  # of 6 files, and glob has thousands more to give
+
+    started = time.monotonic()
+    found = list(files.find_files(str(root / "**" / "*.wav")))
+    under = list(files.files_under(root))
+
+    assert time.monotonic() - started < 1
+    assert sorted(os.path.relpath(p, root) for p in found) == real
+    assert sorted(os.path.relpath(p, root) for p in under) == sorted([*real, "a/b/v.flac"])
+    # a folder that is only reached through a link is read (once)
+    linked = _audio_tree(tmp_path / "elsewhere")
+    (root / "more").symlink_to(linked / "a")
+    assert sorted(os.path.relpath(p, root) for p in files.find_files(str(root / "more" / "**" / "*.wav"))) == [
+        "more/b/w.wav", "more/z.wav"]

@@ -331,11 +331,12 @@ def _expand_paths(given: list[str]) -> list[str]:
         for path in (_stdin_paths() if item == "-" else [item]):
             if Path(path).is_dir():
                 from audioclf.data import AUDIO_EXTENSIONS
+                from audioclf.files import files_under
 
-                root = Path(path)
-                # anything but a folder: a broken link or a pipe named .wav is reported, not silently left out
-                paths.extend(str(p) for p in sorted(root.rglob("*")) if p.suffix.lower() in AUDIO_EXTENSIONS
-                             and not p.is_dir() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+                # anything but a folder: a broken link or a pipe named .wav is reported, not silently left out;
+                # each file once, however many links lead to it
+                paths.extend(sorted((p for p in files_under(path) if Path(p).suffix.lower() in AUDIO_EXTENSIONS),
+                                    key=lambda p: Path(p).parts))
             else:
                 paths.append(path)
     return paths

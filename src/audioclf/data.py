@@ -245,7 +245,7 @@ def _open_source(spec: DataSpec, progress: bool = False) -> _Source:
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             return _open_saved(path, spec)
-        if any(not _hidden(p.relative_to(path)) for p in path.rglob("*.parquet")):
+        if any(clip.lower().endswith(".parquet") for clip in files.files_under(path)):
             return _open_parquet(str(path.resolve()), spec, data_dir=path)
         return _open_folder(path, spec)
     if path.is_file():
@@ -270,10 +270,6 @@ def _open_source(spec: DataSpec, progress: bool = False) -> _Source:
     raise DataError(f"{text}: no such file or folder")
 
 
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
-
-
 def _open_folder(root: Path, spec: DataSpec) -> _Source:
     where = str(root.resolve())
     if spec.data_config or spec.data_split:
@@ -291,9 +287,10 @@ def _open_folder(root: Path, spec: DataSpec) -> _Source:
             continue
         if _is_text(entry.name):
             declared.append(entry.name)
-        for clip in sorted(entry.rglob("*")):
+        # each file once, however many links lead to it; folders linked in are read, but never twice
+        for clip in sorted(map(Path, files.files_under(entry))):
             # anything but a folder: a broken link or a pipe named .wav is reported by decoding, not left out
-            if clip.suffix.lower() in AUDIO_EXTENSIONS and not _hidden(clip.relative_to(entry)) and not clip.is_dir():
+            if clip.suffix.lower() in AUDIO_EXTENSIONS:
                 path = _clip_path(clip)
                 if not _is_text(path):
                     top.append(ClipProblem(shown_path(path), NOT_UTF8_FILE_NAME))

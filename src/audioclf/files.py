@@ -1,4 +1,5 @@
-"""Files: the names of what audioclf writes, where its own folders are, and the one way it writes anything.
+"""Files: the names of what audioclf writes, where its own folders are, the one way it walks folders for audio (each
+folder and each file once, links and all) and the one way it writes anything.
 
 Every file and folder audioclf writes is built at a temporary path beside its target (the same folder, so the final
 rename cannot cross file systems) and renamed into place once complete: a reader sees the old version or the new
@@ -19,6 +20,8 @@ import contextlib
 import ctypes
 import datetime
 import errno
+import fnmatch
+import glob
 import json
 import os
 import re
@@ -29,7 +32,7 @@ import sys
 import uuid
 import zlib
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 from audioclf.errors import OutputBusyError, OutputError, OutputExistsError
 
@@ -68,6 +71,103 @@ def home() -> Path:
 def home_folder(*names: str) -> Path:
     """A named folder under home(), e.g. home_folder("cache", "features"). Not created here."""
     return home().joinpath(*names)
+
+
+# --- reading folders ------------------------------------------------------------------------------------
+
+
+def find_files(pattern: str) -> Iterator[str]:
+    """The files a glob matches, as `glob.iglob(pattern, recursive=True)` gives them, lazily: `**` is any number of
+    folders, and a name that starts with "." is matched only by a part of the pattern that starts with one. Files
+    here are anything but folders (broken links and pipes too, for whoever reads them to report). Unlike glob, no
+    folder is read twice for the same part of the pattern, so a link back up the tree is not followed round and
+    round, and each file is given once, however many links lead to it. Each folder is read in name order."""
+    parts = pattern.split(os.sep)
+    first = next((i for i, part in enumerate(parts) if glob.has_magic(part)), None)
+    if first is None:  # no pattern at all: the path itself, if it is there
+        if os.path.lexists(pattern) and not os.path.isdir(pattern):
+            yield pattern
+        return
+    if parts[-1] == "":  # `dir/**/` matches folders only
+        return
+    base = os.sep.join(parts[:first]) or (os.sep if pattern.startswith(os.sep) else "")
+    rest: list[str] = []
+    for part in parts[first:]:
+        if part and not (part == "**" and rest[-1:] == ["**"]):  # `a//b` is `a/b`, `**/**` is `**`
+            rest.append(part)
+    visited: set[tuple[int, int, int]] = set()
+    _first_visit(base or os.curdir, len(rest), visited)
+    yield from _matches(base, rest, visited, set())
+
+
+def files_under(folder: str | os.PathLike) -> Iterator[str]:
+    """Every file at any depth under `folder`, names that start with "." left out, each once, as `find_files` gives
+    them (`folder/**/*`, with `folder` taken literally, not as a pattern)."""
+    folder = str(Path(folder))
+    visited: set[tuple[int, int, int]] = set()
+    _first_visit(folder, 2, visited)
+    return _matches("" if folder == os.curdir else folder, ["**", "*"], visited, set())  # `.`: as rglob names them
+
+
+def _matches(folder: str, rest: list[str], visited: set, seen_files: set) -> Iterator[str]:
+    part, more = rest[0], rest[1:]
+    if part == "**":
+        if more:  # no folder at all
+            yield from _matches(folder, more, visited, seen_files)
+        for name in _names(folder, hidden=False):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                if _first_visit(path, len(rest), visited):
+                    yield from _matches(path, rest, visited, seen_files)
+            elif not more:
+                yield from _once(path, seen_files)
+        return
+    if glob.has_magic(part):
+        names = fnmatch.filter(_names(folder, hidden=part.startswith(".")), part)
+    else:
+        names = [part] if os.path.lexists(os.path.join(folder, part)) else []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isdir(path):
+            if not more:
+                yield from _once(path, seen_files)
+        elif more and _first_visit(path, len(more), visited):
+            yield from _matches(path, more, visited, seen_files)
+
+
+def _names(folder: str, hidden: bool) -> list[str]:
+    try:
+        names = sorted(os.listdir(folder or os.curdir))
+    except OSError:  # unreadable or gone: as glob, nothing there
+        return []
+    return names if hidden else [name for name in names if not name.startswith(".")]
+
+
+def _first_visit(folder: str, state: int, visited: set) -> bool:
+    """Whether this folder (by device and inode, wherever links made it appear) is new for this part of a pattern."""
+    try:
+        found = os.stat(folder)
+    except OSError:
+        return False
+    key = (found.st_dev, found.st_ino, state)
+    if key in visited:
+        return False
+    visited.add(key)
+    return True
+
+
+def _once(path: str, seen_files: set) -> Iterator[str]:
+    try:
+        found = os.stat(path)
+    except OSError:  # a broken link or a loop of links: itself
+        try:
+            found = os.lstat(path)
+        except OSError:
+            return
+    key = (found.st_dev, found.st_ino)
+    if key not in seen_files:
+        seen_files.add(key)
+        yield path
 
 
 # --- writing --------------------------------------------------------------------------------------------

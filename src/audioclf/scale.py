@@ -15,7 +15,6 @@ the predictions `audioclf predict` gives, or the reason the file could not be cl
 from __future__ import annotations
 
 import contextlib
-import glob
 import itertools
 import json
 import logging
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from audioclf.audio import AudioSource, describe_source
 from audioclf.errors import ColumnError, ConfigError, DataError, shown_path
-from audioclf.files import AtomicDirectory, check_writable_output, new_temp_file
+from audioclf.files import AtomicDirectory, check_writable_output, find_files, new_temp_file
 
 RESULT_SCHEMA = pa.schema([
     ("path", pa.string()),
@@ -70,7 +69,8 @@ def file_items(paths: Iterable[str]) -> Iterator[Item]:
 
 def input_items(given: str, audio_column: str | None = None, progress: bool = False) -> Iterator[Item]:
     """Items of a manifest (CSV/TSV/JSONL; the `audio_column` of each row, relative paths resolved against the
-    manifest's folder) or of a glob (`clips/**/*.wav`; folders it matches are left out), read lazily. With
+    manifest's folder) or of a glob (`clips/**/*.wav`; folders it matches are left out; `files.find_files`), read
+    lazily. With
     `progress`, a bar shows how much of a manifest has been read."""
     if _is_manifest(given):
         return _manifest_items(Path(given), audio_column or MANIFEST_PATH_COLUMN, progress)
@@ -79,7 +79,7 @@ def input_items(given: str, audio_column: str | None = None, progress: bool = Fa
     if os.path.isdir(given):
         raise ConfigError(f"--input {given}: a folder; give a glob such as '{os.path.join(given, '**', '*.wav')}' "
                           f"or a manifest (.csv, .tsv, .jsonl)")
-    return file_items(path for path in glob.iglob(given, recursive=True) if not os.path.isdir(path))
+    return file_items(find_files(given))  # each folder read once, each file once: links cannot loop
 
 
 def count_inputs(given: str, audio_column: str | None = None, progress: bool = False) -> int | None:
