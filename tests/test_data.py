@@ -1,6 +1,7 @@
 import csv
 import functools
 import io
+import itertools
 import json
 import time
 import tracemalloc
@@ -48,11 +49,12 @@ def wav_bytes(label: str, seed: int, seconds: float = SECONDS) -> bytes:
     return buffer.getvalue()
 
 
-def hf_dataset(label_kind: str = "classlabel", per_label: int = 5, labels=LABELS) -> datasets.Dataset:
-    """Clips as bytes in an Audio column, like Hub datasets hold them; label column 'intent'."""
+def hf_dataset(label_kind: str = "classlabel", per_label: int = 5, labels=LABELS, first: int = 0) -> datasets.Dataset:
+    """Clips as bytes in an Audio column, like Hub datasets hold them; label column 'intent'. Clip `first + i` of a
+    label is the same audio in every dataset made here."""
     audio, intents, speakers = [], [], []
     for li, label in enumerate(labels):
-        for i in range(per_label):
+        for i in range(first, first + per_label):
             audio.append({"bytes": wav_bytes(label, li * 100 + i), "path": f"{label}_{i}.wav"})
             intents.append({"classlabel": li, "string": label, "int": int(label) if label.isdigit() else li}[label_kind])
             speakers.append(f"s{i % 3}")
@@ -191,8 +193,8 @@ def test_save_to_disk_dataset_with_classlabel(tmp_path):
 
 
 def test_save_to_disk_dataset_dict_keeps_its_splits(tmp_path):
-    train, held_out = hf_dataset("string", per_label=4), hf_dataset("string", per_label=2)
-    datasets.DatasetDict({"test": held_out, "train": train, "valid": held_out}).save_to_disk(str(tmp_path / "saved"))
+    train, held_out, valid = (hf_dataset("string", per_label=n, first=first) for n, first in ((4, 0), (2, 4), (2, 6)))
+    datasets.DatasetDict({"test": held_out, "train": train, "valid": valid}).save_to_disk(str(tmp_path / "saved"))
 
     clips = load(tmp_path / "saved", label_column="intent")
 
@@ -221,9 +223,10 @@ def test_parquet_file_folder_and_glob(tmp_path, hf_cache):
 
 def test_string_path_column_in_a_saved_dataset_is_relative_to_it(tmp_path):
     paths = []
-    for label in ("a", "b"):
+    for li, label in enumerate(("a", "b")):
         for i in range(3):
-            write_clip(tmp_path / "saved_paths" / "clips" / f"{label}{i}.wav", class_clip("noise", SECONDS, RATE, i), RATE)
+            write_clip(tmp_path / "saved_paths" / "clips" / f"{label}{i}.wav", class_clip("noise", SECONDS, RATE, 10 * li + i),
+                       RATE)
             paths.append(f"clips/{label}{i}.wav")
     ds = datasets.Dataset.from_dict({"file": paths, "label": [p[6] for p in paths]})
     ds.save_to_disk(str(tmp_path / "saved_paths"))
@@ -333,6 +336,60 @@ def test_rows_without_a_label_or_path_are_problems(tmp_path):
     assert [p.reason for p in clips.problems] == ["no label", "no audio: neither a path nor bytes"]
     with pytest.raises(DataError, match="low_000.wav: no label"):
         load(manifest, strict=True)
+
+
+def _paths(ds) -> set[str]:
+    return {audio["path"] for audio in ds.with_format(None)["audio"]}
+
+
+def test_a_manifest_listing_every_clip_twice_keeps_each_once_and_splits_never_share_audio(tmp_path):
+    manifest = make_manifest_dataset(tmp_path / "m", labels=LABELS, clips_per_label=6, seconds=SECONDS)
+    rows = list(csv.DictReader(manifest.open()))
+    with manifest.open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerows(rows)
+
+    clips = load(manifest)
+
+    train, test = (_paths(clips.splits[name]) for name in ("train", "test"))
+    assert not train & test and len(train | test) == 18 and n_rows(clips) == 18
+    assert clips.problems == [data.ClipProblem(row_path, "duplicate audio (the clip is listed more than once; it is "
+                                               "kept once)")
+                              for row_path in (str((manifest.parent / row["path"]).resolve()) for row in rows)]
+    with pytest.raises(DataError) as error:
+        load(manifest, strict=True)
+    assert str(error.value) == f"{clips.problems[0].path}: {clips.problems[0].reason}"
+
+
+def test_a_copy_under_another_name_is_left_out_and_one_under_another_label_leaves_out_both(folder):
+    low = sorted((folder / "low").glob("*.wav"))
+    (folder / "low" / "zz_copy.wav").write_bytes(low[0].read_bytes())  # the same clip twice, one label
+    (folder / "high" / "conflict.wav").write_bytes(low[1].read_bytes())  # the same clip, two labels
+
+    clips = load(folder, split=False)
+    report = inspect_clips(DataSpec(str(folder)), progress=False)
+
+    both = "conflicting labels (the same audio is labelled 'high' and 'low'; all 2 copies are left out)"
+    expected = [data.ClipProblem(str(folder.resolve() / "high" / "conflict.wav"), both),
+                data.ClipProblem(str(low[1].resolve()), both),
+                data.ClipProblem(str(folder.resolve() / "low" / "zz_copy.wav"),
+                                 f"duplicate audio (the same as {low[0].resolve()}, which is kept)")]
+    assert sorted(clips.problems, key=lambda p: p.path) == sorted(expected, key=lambda p: p.path)
+    assert report.problems == clips.problems and report.labels == {"high": 5, "low": 4, "noise": 5}
+    assert str(low[0].resolve()) in _paths(clips.splits["all"]) and n_rows(clips) == 14
+    with pytest.raises(DataError, match="conflicting labels"):
+        load(folder, strict=True)
+
+
+def test_audio_in_two_of_the_sources_own_splits_is_kept_in_train_only(tmp_path):
+    manifest = make_manifest_dataset(tmp_path / "m", labels=LABELS, clips_per_label=3, seconds=SECONDS, with_split=True)
+    with manifest.open("a", newline="") as f:
+        csv.writer(f).writerow(["clips/low_001.wav", "low", "spk1", "test"])  # a train clip, listed for test too
+
+    clips = load(manifest)
+
+    assert not _paths(clips.splits["train"]) & _paths(clips.splits["test"])
+    assert str((manifest.parent / "clips" / "low_001.wav").resolve()) in _paths(clips.splits["train"])
+    assert [p.reason for p in clips.problems] == ["duplicate audio (the clip is listed more than once; it is kept once)"]
 
 
 def test_local_sources_refuse_hub_only_flags(folder, tmp_path):
@@ -618,8 +675,11 @@ def test_a_large_manifest_is_loaded_in_bounded_memory(tmp_path, hf_cache, monkey
         writer.writerow(["path", "label", "speaker"])
         writer.writerows([f"clips/{LABELS[i % 3]}.wav", LABELS[i % 3], f"spk{i % 97}"] for i in range(BIG_ROWS))
     assert manifest.stat().st_size > data.MANIFEST_IN_MEMORY_BYTES  # the on-disk path
-    # every row names one of three files, so decoding each once is enough; the scan loop itself runs per row
+    # every row names one of three files, so decoding each once is enough; the scan loop itself runs per row. Each
+    # row stands for a clip of its own: its content key is its own, or all but three would be duplicates
     monkeypatch.setattr(data, "inspect_audio", functools.lru_cache(maxsize=None)(data.inspect_audio))
+    rows = itertools.count()
+    monkeypatch.setattr(data, "_content_key", lambda clip, name: np.array([next(rows), 0], dtype=np.uint64))
 
     tracemalloc.start()
     try:

@@ -820,23 +820,26 @@ def _check_columns(spec: DataSpec, columns: list[str], where: str, audio_default
 @dataclass
 class _Scan:
     """Per row of one split, in arrays: label (an index into the scan's label names; -1: no label), readable, and
-    what decoding found (0 where unreadable)."""
+    what decoding found (0 where unreadable). A row left out as a duplicate is no longer readable."""
 
     label_codes: np.ndarray  # int32
     readable: np.ndarray  # bool
     durations: np.ndarray  # float64 seconds
     rates: np.ndarray  # int32 Hz
     channels: np.ndarray  # int32
+    content_keys: np.ndarray  # (rows, 2) uint64: the digest of each readable clip's bytes (_content_key)
     problems: list[ClipProblem] = field(default_factory=list)
 
     @classmethod
     def empty(cls, n_rows: int) -> _Scan:
         return cls(np.full(n_rows, -1, dtype=np.int32), np.zeros(n_rows, dtype=bool), np.zeros(n_rows),
-                   np.zeros(n_rows, dtype=np.int32), np.zeros(n_rows, dtype=np.int32))
+                   np.zeros(n_rows, dtype=np.int32), np.zeros(n_rows, dtype=np.int32),
+                   np.zeros((n_rows, 2), dtype=np.uint64))
 
 
 def _scan_source(source: _Source, strict: bool, progress: bool) -> tuple[dict[str, _Scan], list[str]]:
-    """Decode every clip once, keeping only its duration, rate and channel count.
+    """Decode every clip once, keeping only its duration, rate, channel count and a digest of its bytes, by which
+    copies of one clip are then left out (`_drop_duplicates`).
 
     Returns each split's scan and the label names its codes index, in order of first appearance.
     """
@@ -862,7 +865,9 @@ def _scan_source(source: _Source, strict: bool, progress: bool) -> tuple[dict[st
                         names.append(label)
                     scan.label_codes[row] = code
                     try:
-                        info = inspect_audio(*_clip_source(audio_value, fallback))
+                        clip, clip_name = _clip_source(audio_value, fallback)
+                        info = inspect_audio(clip, clip_name)
+                        scan.content_keys[row] = _content_key(clip, clip_name)
                     except AudioLoadError as e:
                         if strict:
                             raise
@@ -874,7 +879,79 @@ def _scan_source(source: _Source, strict: bool, progress: bool) -> tuple[dict[st
                         scan.channels[row] = info.channels
                 bar.update(1)
             scans[name] = scan
+    _drop_duplicates(source, scans, names, strict)
     return scans, names
+
+
+CONTENT_KEY_READ_BYTES = 2**20  # a clip's bytes are hashed a MiB at a time
+
+
+def _content_key(clip: AudioSource, name: str) -> np.ndarray:
+    """Two uint64s that name a clip by its bytes (BLAKE2b, 128 bits): copies of one file, wherever they are and
+    whatever they are called, have the same key."""
+    digest = hashlib.blake2b(digest_size=16)
+    if isinstance(clip, (bytes, bytearray, memoryview)):
+        digest.update(clip)
+    else:
+        try:
+            with open(clip, "rb") as f:
+                while block := f.read(CONTENT_KEY_READ_BYTES):
+                    digest.update(block)
+        except OSError as e:
+            raise AudioLoadError(name, f"cannot be read ({e.strerror or e})") from e
+    return np.frombuffer(digest.digest(), dtype="<u8")
+
+
+def _drop_duplicates(source: _Source, scans: dict[str, _Scan], names: list[str], strict: bool) -> None:
+    """Leave out every copy of a clip but one, so that no audio is on both sides of a split, and every copy of a clip
+    that rows label differently, since no label of it can be trusted. The copy kept is the first in the source's
+    order, its train split first. Each row left out is a problem of its split (with `strict`, the first is a
+    DataError); the scans are changed in place."""
+    order = sorted(scans, key=lambda split: SPLIT_NAMES.index(split) if split in SPLIT_NAMES else len(SPLIT_NAMES))
+    rows = {split: np.flatnonzero(scans[split].readable) for split in order}
+    keys = np.concatenate([scans[split].content_keys[rows[split]] for split in order])
+    if len(keys) < 2:
+        return
+    _, copy_of, copies = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    copy_of = copy_of.reshape(-1)
+    repeated = np.flatnonzero(copies[copy_of] > 1)  # positions in the splits' readable rows, in order
+    if not len(repeated):
+        return
+    split_index = np.repeat(np.arange(len(order)), [len(rows[split]) for split in order])
+    offsets = np.cumsum([0] + [len(rows[split]) for split in order])
+    place = [(order[split_index[i]], int(rows[order[split_index[i]]][i - offsets[split_index[i]]])) for i in repeated]
+    clip_names = _row_names(source, place)
+    groups: dict[int, list[int]] = {}
+    for i, position in enumerate(repeated):
+        groups.setdefault(int(copy_of[position]), []).append(i)
+    left_out: list[tuple[int, str]] = []  # (index into place, reason)
+    for members in groups.values():
+        labels = [names[scans[place[i][0]].label_codes[place[i][1]]] for i in members]
+        kept = clip_names[members[0]]
+        if len(set(labels)) > 1:
+            shown = " and ".join(repr(label) for label in sorted(set(labels)))
+            reason = f"conflicting labels (the same audio is labelled {shown}; all {len(members)} copies are left out)"
+            left_out += [(i, reason) for i in members]
+        else:
+            left_out += [(i, f"duplicate audio (the same as {kept}, which is kept)" if clip_names[i] != kept else
+                          "duplicate audio (the clip is listed more than once; it is kept once)") for i in members[1:]]
+    for i, reason in sorted(left_out):
+        split, row = place[i]
+        if strict:
+            raise DataError(f"{clip_names[i]}: {reason}")
+        scans[split].readable[row] = False
+        scans[split].problems.append(ClipProblem(clip_names[i], reason))
+
+
+def _row_names(source: _Source, place: list[tuple[str, int]]) -> list[str]:
+    """How the clips at (split, row) are named in problems: their paths, or where they are in the source."""
+    found: dict[tuple[str, int], str] = {}
+    for split in dict.fromkeys(split for split, _ in place):
+        rows = [row for s, row in place if s == split]
+        values = source.splits[split].select_columns(["audio"]).select(rows)["audio"]
+        for row, value in zip(rows, values):
+            found[split, row] = (value or {}).get("path") or f"{source.where} [{split}] row {row}"
+    return [found[key] for key in place]
 
 
 def _iter_rows(ds: datasets.Dataset) -> Iterator[tuple[dict | None, Any]]:
@@ -910,7 +987,7 @@ def _checked_labels(source: _Source, scans: dict[str, _Scan], names: list[str]) 
     if empty:
         raise DataError(
             f"label {', '.join(map(repr, empty))} of {source.where} has no usable clips"
-            f" ({len(problems)} clip(s) were unreadable or unlabelled; `audioclf data inspect` lists them)"
+            f" ({len(problems)} clip(s) were unreadable, unlabelled or duplicates; `audioclf data inspect` lists them)"
         )
     return labels
 
