@@ -16,7 +16,7 @@ from audioclf.cli_options import config_options
 from audioclf.config import (API_KEY_ENV, SEED_PRESET, SEGMENTS_ALIASES, SEGMENTS_OPTION, DataSpec, InferOptions,
                              ModelOptions, ServeSettings, TrainOptions, option_help)
 from audioclf.errors import AudioclfError, ConfigError, shown_path
-from audioclf.files import PREPROCESSOR_CONFIG_FILE, TRAIN_CONFIG_FILE
+from audioclf.files import METRICS_FILE, PREPROCESSOR_CONFIG_FILE, TRAIN_CONFIG_FILE
 
 try:  # recent typer vendors click; older ones use click itself
     from typer._click.exceptions import UsageError
@@ -300,6 +300,7 @@ def evaluate_command(
     data_options: dict,
 ) -> None:
     """Score a trained model on labelled data: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix."""
+    from audioclf.data import skipped_summary
     from audioclf.evaluate import evaluate_clips, format_report, write_report
     from audioclf.files import REPORT_FILES, check_writable_output
     from audioclf.infer import load_classifier
@@ -310,6 +311,10 @@ def evaluate_command(
     classifier = load_classifier(model_dir)
     clips, dataset = _evaluation_split(Path(model_dir), spec, split, progress=not quiet)
     report = evaluate_clips(classifier, clips, dataset, progress=not quiet)
+    listed_in = (f"{report_dir / METRICS_FILE} (problems)" if report_dir is not None else
+                 "the report's problems (--json or --report-dir)")
+    for line in skipped_summary(clips.problems, listed_in):
+        typer.echo(line, err=True)  # stdout keeps only the report
     if report_dir is not None:
         write_report(report, report_dir)
     if as_json:

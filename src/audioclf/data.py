@@ -174,6 +174,27 @@ def inspect_clips(spec: DataSpec, progress: bool = True) -> InspectReport:
     )
 
 
+PROBLEMS_SHOWN = 3  # clips a summary of the skipped ones names; the whole list goes to metrics.json
+
+
+def skipped_summary(problems: list[ClipProblem], listed_in: str, shown: int = PROBLEMS_SHOWN) -> list[str]:
+    """What train and evaluate print about the clips they left out: how many, why (each kind of reason counted, the
+    most frequent first) and the first `shown` of them; `listed_in` says where every one is listed. No lines when
+    none were left out."""
+    if not problems:
+        return []
+    kinds: dict[str, int] = {}
+    for problem in problems:
+        kind = re.split(r" \(|, |; |: ", problem.reason, maxsplit=1)[0]  # "file not found", "duplicate audio"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    why = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda item: -item[1]))
+    lines = [f"skipped {len(problems)} clip(s) ({why}); all are listed in {listed_in}"]
+    lines += [f"  {problem.path}: {problem.reason}" for problem in problems[:shown]]
+    if len(problems) > shown:
+        lines.append(f"  ... and {len(problems) - shown} more")
+    return lines
+
+
 def _value_counts(values: np.ndarray) -> dict[int, int]:
     """Sorted value -> how often it occurs."""
     found, counts = np.unique(values, return_counts=True)

@@ -12,7 +12,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,9 @@ class EvalReport:
     loss is the mean cross-entropy of the true labels under the scores. per_class maps every label, including those
     absent from the data (support 0), to its precision, recall, f1 and support. confusion[i][j] counts clips of
     labels[i] predicted as labels[j]. misclassified lists the wrong clips in input order, each with its TOP_K
-    highest-scoring labels, best first. clips holds every clip's `{"path", "label", "predictions"}` (all labels,
-    highest first), written as predictions.jsonl but left out of to_dict.
+    highest-scoring labels, best first. problems lists the source's clips that were left out, unscored, each as
+    `{"path", "reason"}` (unreadable, unlabelled, duplicates). clips holds every clip's `{"path", "label",
+    "predictions"}` (all labels, highest first), written as predictions.jsonl but left out of to_dict.
     """
 
     accuracy: float
@@ -47,6 +48,7 @@ class EvalReport:
     per_class: dict[str, dict]
     confusion: list[list[int]]
     misclassified: list[dict]
+    problems: list[dict] = field(default_factory=list)
     clips: list[dict] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
@@ -233,7 +235,7 @@ def evaluate_clips(classifier, clips, dataset, progress: bool = True, chunk: int
     scores it (long clips in windows, their probabilities averaged), then `build_report`.
 
     The model's label set decides: a clip whose label the model does not know is a DataError naming them.
-    Clips are decoded a chunk at a time, never all at once.
+    Clips are decoded a chunk at a time, never all at once. The report lists the clips the source's scan left out.
     """
     from tqdm import tqdm
 
@@ -257,4 +259,5 @@ def evaluate_clips(classifier, clips, dataset, progress: bool = True, chunk: int
         paths += [audio.get("path") or f"row {start + k}" for k, audio in enumerate(batch["audio"])]
         bar.update(len(samples))
     bar.close()
-    return build_report(classifier.labels, true_ids, np.stack(parts) if parts else np.zeros((0, len(model_ids))), paths)
+    report = build_report(classifier.labels, true_ids, np.stack(parts) if parts else np.zeros((0, len(model_ids))), paths)
+    return replace(report, problems=[asdict(problem) for problem in clips.problems])

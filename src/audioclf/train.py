@@ -29,7 +29,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from audioclf import files
 from audioclf.config import DataSpec, ModelOptions, TrainOptions
-from audioclf.data import ClipSet, clip_samples, load_clips, split_dataset
+from audioclf.data import ClipSet, clip_samples, load_clips, skipped_summary, split_dataset
 from audioclf.distributed import Processes
 from audioclf.errors import ConfigError, DataError, ModelError, OutputError
 from audioclf.features import (
@@ -461,6 +461,8 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     train_split, eval_split, test_split = _choose_splits(clips, options, data)
     echo(f"data: {len(clips.labels)} labels; {len(train_split)} training, {len(eval_split)} evaluation"
          + (f", {len(test_split)} test clips" if test_split is not None else " clips"))
+    for line in skipped_summary(clips.problems, f"{output / files.METRICS_FILE} (problems)"):
+        echo(line)
 
     if options.mode == "probe" and model_opts.weighted_layer_sum is None:
         model_opts = replace(model_opts, weighted_layer_sum=True)  # the probe trains exactly this head
