@@ -173,8 +173,6 @@ def _check_checkpoint_files(directory: Path) -> None:
     """config.json parses and every safetensors file is whole (its header, which says where every tensor's bytes
     end, is read without the tensors), so that a damaged copy is named rather than a traceback from deep inside
     transformers."""
-    from safetensors import safe_open
-
     config = directory / MODEL_CONFIG_FILE
     if config.is_file():
         try:
@@ -182,12 +180,21 @@ def _check_checkpoint_files(directory: Path) -> None:
         except (ValueError, UnicodeDecodeError) as e:
             raise ModelError(f"{config}: not valid JSON ({e}); {DAMAGED_HINT}") from e
     for weights in sorted(directory.glob("*.safetensors")):
-        try:
-            with safe_open(str(weights), framework="pt"):
-                pass
-        except Exception as e:  # safetensors' own error type, or OSError
-            raise ModelError(f"{weights}: truncated or corrupt weights ({str(e).splitlines()[0]}); "
-                             f"{DAMAGED_HINT}") from e
+        problem = safetensors_problem(weights)
+        if problem is not None:
+            raise ModelError(f"{weights}: truncated or corrupt weights ({problem}); {DAMAGED_HINT}")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file is unusable (shorter than its header says, or no readable header), or None. Reads the
+    header only, not the tensors: the one check of model directories and of training checkpoints alike."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            return None
+    except Exception as e:  # safetensors' own error type, or OSError
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _check_head_fits_labels(directory: Path) -> None:
