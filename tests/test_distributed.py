@@ -1,6 +1,6 @@
 """Training over several processes: `audioclf train --nproc 2` (two gloo processes on the CPU, through the real
-command line) ends with the same metrics and weights as one process at the same global batch and seed, writes one
-complete model directory once, and probe mode's sharded encoding gathers to the same features and head."""
+command line) ends with the same head fit, metrics and weights as one process at the same global batch and seed,
+writes one complete model directory once, and probe mode's sharded encoding gathers to the same features and head."""
 
 from __future__ import annotations
 
@@ -131,6 +131,8 @@ def test_two_processes_train_the_same_model_as_one(manifest, whisper_without_dro
     for split in ("validation", "test"):
         assert metrics[split]["accuracy"] == one.metrics[split]["accuracy"]
         assert metrics[split]["loss"] == pytest.approx(one.metrics[split]["loss"], abs=LOSS_ATOL)
+    reference_fit = one.metrics["probe_init"]  # here each process pooled its share of the clips
+    assert metrics["probe_init"] == {**reference_fit, "eval_loss": pytest.approx(reference_fit["eval_loss"], abs=LOSS_ATOL)}
 
     weights, reference = load_file(two / "model.safetensors"), load_file(one.output / "model.safetensors")
     initial = load_file(whisper_without_dropout / "model.safetensors")

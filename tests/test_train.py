@@ -477,35 +477,3 @@ def test_evaluate_on_labels_the_model_was_not_built_for(small_tones, tmp_path):
 
     line = _assert_one_line_error(result, "cat", "dog")
     assert all(label in line for label in LABELS)
-
-
-# --- linear-probe head initialisation ------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["tiny-wav2vec2", "tiny-whisper"])
-def test_head_fitted_on_pooled_features_is_the_models_own_head(name):
-    import datasets
-    import torch
-
-    from audioclf.features import BatchFeaturizer
-    from audioclf.model import fit_whisper_window
-    from audioclf.train import fit_head, pooled_features
-
-    bundle = build_model(name, LABELS)
-    if name == "tiny-whisper":
-        fit_whisper_window(bundle, 1)
-    labels = [0, 1, 2, 0, 1, 2]
-    clips = [class_clip(LABELS[y], 0.5 + 0.1 * i, 16000, seed=i) for i, y in enumerate(labels)]
-    dataset = datasets.Dataset.from_dict({"samples": clips, "label": labels}).with_format("numpy")
-    featurizer = BatchFeaturizer(bundle.feature_extractor, bundle.model_type, bundle.uses_attention_mask)
-
-    accuracy = fit_head(bundle, featurizer, dataset, seed=0)
-
-    features = pooled_features(bundle, featurizer, dataset)
-    bundle.model.eval()  # no dropout: the comparison is of the deterministic model
-    with torch.no_grad():
-        head_logits = bundle.model.classifier(bundle.model.projector(features)).numpy()
-        model_logits = np.concatenate([bundle.model(**featurizer([clip])).logits.numpy() for clip in clips])
-    np.testing.assert_allclose(head_logits, model_logits, atol=1e-4)
-    assert accuracy == pytest.approx(float((model_logits.argmax(1) == np.array(labels)).mean()))
-    assert accuracy == 1.0  # six clips of three clearly different sounds: the probe separates them

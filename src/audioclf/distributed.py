@@ -2,16 +2,18 @@
 
 `Processes` is the group one run's processes form (torchrun, accelerate launch, `audioclf train --nproc`), with
 what the stages need of it: wait for the others, let the main process go first, share out rows, gather every
-process's values, hand out the main process's value. `launch` starts such a group on this machine.
+process's share of them, hand out the main process's value. `launch` starts such a group on this machine.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from audioclf.errors import AudioclfError, ConfigError
@@ -50,13 +52,18 @@ class Processes:
         """This process's share of n_items, contiguous, the shares in process order."""
         return range(n_items * self.index // self.count, n_items * (self.index + 1) // self.count)
 
-    def gather(self, value) -> list:
-        """Every process's value, in process order, in every process."""
+    def gather_rows(self, n_items: int, compute: Callable[[range], np.ndarray]) -> np.ndarray | None:
+        """compute(rows) for this process's share of n_items rows, gathered: in the main process, every share's
+        result concatenated in row order (as one process computing all the rows would give them); None in the others."""
+        rows = self.shard(n_items)
+        mine = compute(rows) if len(rows) else None
         if self.count == 1:
-            return [value]
-        values = [None] * self.count
-        torch.distributed.all_gather_object(values, value)
-        return values
+            return mine
+        parts = [None] * self.count
+        torch.distributed.gather_object(mine, parts if self.is_main else None, dst=0)
+        if not self.is_main:
+            return None
+        return np.concatenate([part for part in parts if part is not None])
 
     def broadcast(self, value):
         """The main process's value, in every process."""

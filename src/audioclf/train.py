@@ -1,7 +1,8 @@
 """Training: the guide's fine-tuning workflow on the transformers Trainer, with presets that learn.
 
 `train()` reads top to bottom in the order of the work: check the output, load the clips, pick the window,
-build the model, set up lazy features, run the Trainer, evaluate, and write the model directory atomically.
+build the model, fit its head on the frozen encoder (probe.fit_head), fine-tune it with the Trainer (or, in probe
+mode, stop there), evaluate, and write the model directory atomically.
 
 It runs the same in one process or in several (torchrun, accelerate launch, `audioclf train --nproc`; the plumbing
 is in audioclf.distributed): every process computes its share, the Trainer handles DDP, and only the main process
@@ -51,6 +52,7 @@ from audioclf.model import (
     safetensors_problem,
     whole_seconds,
 )
+from audioclf.probe import check_head_fits, fit_head, split_layer_means
 
 WINDOW_PERCENTILE = 90  # the default window covers this share of training clips whole
 # How metrics.json's figures were scored: validation picks the best epoch quickly; test is what users will get.
@@ -154,72 +156,6 @@ class EpochLine(TrainerCallback):
         train_loss = "-" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
         self.echo(f"epoch {row['epoch']:g}: train loss {train_loss}  eval loss {row['eval_loss']:.4f}  "
                   f"eval accuracy {row['eval_accuracy']:.4f}")
-
-
-PROBE_STEPS = 300  # full-batch AdamW steps for the head: a few seconds, enough to fit it closely
-PROBE_LEARNING_RATE = 1e-3
-PROBE_WEIGHT_DECAY = 1e-2
-
-
-def pooled_features(bundle: ModelBundle, featurizer: BatchFeaturizer, dataset, batch_size: int = 16) -> torch.Tensor:
-    """The mean over time of what the encoder hands the head (the projector's input), one row per clip.
-
-    The projector and classifier are linear, so the head applied to this mean gives the model's own logits.
-    Whisper windows are all the same length and batch freely; other models go one clip at a time, so no
-    padding or mask changes the mean.
-    """
-    step = batch_size if bundle.model_type == "whisper" else 1
-    captured: list[torch.Tensor] = []
-    hook = bundle.model.projector.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].mean(dim=1)))
-    was_training = bundle.model.training
-    bundle.model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(dataset), step):
-                bundle.model(**featurizer(dataset[start : start + step]["samples"]))
-    finally:
-        hook.remove()
-        bundle.model.train(was_training)
-    return torch.cat(captured).clone()
-
-
-def fit_head(bundle: ModelBundle, featurizer: BatchFeaturizer, dataset, seed: int,
-             processes: Processes | None = None) -> float:
-    """Fit the projector and classifier on the frozen encoder's pooled outputs (a linear probe); returns the
-    training accuracy. Fine-tuning from a fitted head keeps the pretrained features from being pulled
-    apart by a random one (LP-FT), which is what lets the default preset generalise to unseen speakers.
-
-    In several processes, each pools its share of the clips, the main process fits the head on all of them and
-    hands it to the others, so every process starts fine-tuning from the same head."""
-    processes = processes or Processes()
-    rows = processes.shard(len(dataset))
-    mine = pooled_features(bundle, featurizer, dataset.select(rows)) if len(rows) else None
-    parts = processes.gather(mine)
-    fitted = None
-    if processes.is_main:
-        features = torch.cat([part for part in parts if part is not None])
-        labels = torch.tensor(dataset.with_format(None)["label"], dtype=torch.long)
-        accuracy = _fit_pooled_head(bundle.model, features, labels, seed)
-        head = {name: value for name, value in bundle.model.state_dict().items()
-                if name.startswith(("projector", "classifier"))}
-        fitted = (head, accuracy)
-    head, accuracy = processes.broadcast(fitted)
-    bundle.model.load_state_dict(head, strict=False)
-    return accuracy
-
-
-def _fit_pooled_head(model, features: torch.Tensor, labels: torch.Tensor, seed: int) -> float:
-    torch.manual_seed(seed)
-    head = [*model.projector.parameters(), *model.classifier.parameters()]
-    optimizer = torch.optim.AdamW(head, lr=PROBE_LEARNING_RATE, weight_decay=PROBE_WEIGHT_DECAY)
-    for _ in range(PROBE_STEPS):
-        logits = model.classifier(model.projector(features))
-        loss = torch.nn.functional.cross_entropy(logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        return float((model.classifier(model.projector(features)).argmax(-1) == labels).float().mean())
 
 
 def epoch_rows(log_history: list[dict]) -> list[dict]:
@@ -525,12 +461,15 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
     train_split = train_split.add_column(CLIP_INDEX_COLUMN, np.arange(len(train_split)))  # names clips for their draws
     train_split.set_transform(train_transform)
     eval_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
+    head_fit = None
     if options.probe_init and model_opts.model:  # a random encoder's outputs are not worth probing
-        probed = time.monotonic()
-        accuracy = fit_head(bundle, featurizer, train_split.with_transform(ClipTransform(
-            clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed)), options.seed, processes)
-        echo(f"head: fitted on the frozen encoder's outputs in {time.monotonic() - probed:.0f} s "
-             f"(training accuracy {accuracy:.3f})")
+        check_head_fits(bundle.model, "--probe-init")
+        features, labels = _layer_features(bundle, featurizer, {"train": train_split, "validation": eval_split},
+                                           window, options, processes, echo, progress)
+        started = time.monotonic()  # not refitted with the evaluation clips: they go on to pick the best epoch
+        head_fit = fit_head(bundle.model, features["train"], labels["train"], features["validation"],
+                            labels["validation"], options.seed, processes, refit_with_eval=False)
+        echo(_head_line(head_fit, started))
 
     args = training_arguments(options, checkpoints, progress, push_to_hub, hub_model_id)
     epoch_line = EpochLine(echo)
@@ -558,57 +497,47 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
 
     trainer.remove_callback(EarlyStoppingCallback)  # it warns on the final, differently named evaluations
     metrics = {"history": epoch_line.history, "validation": _strip(trainer.evaluate(eval_split))}
+    if head_fit is not None:
+        metrics["probe_init"] = head_fit
     bundle.model = trainer.model
     return trainer, metrics
 
 
 def _train_probe(bundle, featurizer, splits, window, options, processes, echo, progress) -> dict:
-    """Probe mode: cache every split's per-layer means once (disk cache), then train only the head, in the main
-    process (the others only help encode)."""
-    from audioclf.probe import check_head_fits, train_head
-
-    check_head_fits(bundle.model)  # before the encoding pass, not after it
-    features, labels = {}, {}
-    for name, split in zip(("train", "validation"), splits):
-        transform = ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed)
-        started = time.monotonic()
-        features[name], cached = _layer_means_across(bundle, featurizer, split, transform, window, options.eval_crop,
-                                                     processes, progress)
-        labels[name] = split.with_format(None)["label"]
-        echo(f"{name}: layer features of {len(split)} clips " + ("from the cache" if cached else
-             f"computed in {time.monotonic() - started:.0f} s"))
+    """Probe mode: every split's per-layer means once (disk cache), then the head fitted on them, which is the
+    whole training."""
+    check_head_fits(bundle.model, "--mode probe")
+    named = {name: split for name, split in zip(("train", "validation"), splits) if split is not None}
+    features, labels = _layer_features(bundle, featurizer, named, window, options, processes, echo, progress)
+    started = time.monotonic()
+    fit = fit_head(bundle.model, features["train"], labels["train"], features["validation"], labels["validation"],
+                   options.seed, processes, refit_with_eval=True)
+    echo(_head_line(fit, started))
     if not processes.is_main:
         return {}
-    started = time.monotonic()
-    fit = train_head(bundle.model, features["train"], labels["train"], features["validation"], labels["validation"],
-                     options.seed)
-    echo(f"head: {fit['mixture']}, L2 strength C={fit['strength']:g} (best of {fit['candidates']}) in "
-         f"{time.monotonic() - started:.1f} s, training accuracy {fit['train_accuracy']:.3f}, evaluation accuracy "
-         f"{fit['eval_accuracy']:.3f}")
     # the final fit includes the evaluation clips; their figures are those measured before it saw them
     return {"probe": fit, "validation": {"accuracy": fit["eval_accuracy"], "loss": fit["eval_loss"]}}
 
 
-def _layer_means_across(bundle, featurizer, split, transform: ClipTransform, window: float, crop: str,
-                        processes: Processes, progress: bool) -> tuple[np.ndarray | None, bool]:
-    """probe.layer_means of a split, from the main process's disk cache when it has them; else each process
-    encodes its share of the clips and the main process gathers and caches them. Returns the features (in the
-    main process; None in the others) and whether they came from the cache."""
-    from audioclf.probe import feature_cache_path, layer_means, write_features
+def _layer_features(bundle, featurizer, splits: dict, window: float, options: TrainOptions, processes: Processes,
+                    echo, progress: bool) -> tuple[dict, dict]:
+    """probe.split_layer_means of each named split, its clips cut as evaluation cuts them (in the main process;
+    None in the others), and each split's labels."""
+    features, labels = {}, {}
+    for name, split in splits.items():
+        started = time.monotonic()
+        features[name], cached = split_layer_means(bundle, featurizer, split, window, options.eval_crop, options.seed,
+                                                   processes, progress)
+        labels[name] = split.with_format(None)["label"]
+        echo(f"{name}: layer features of {len(split)} clips " + ("from the cache" if cached else
+             f"computed in {time.monotonic() - started:.0f} s"))
+    return features, labels
 
-    path = feature_cache_path(bundle, split, window, crop) if processes.is_main else None
-    if processes.broadcast(path is not None and path.is_file()):
-        return (np.load(path) if processes.is_main else None), True
-    rows = processes.shard(len(split))
-    mine = None
-    if len(rows):
-        mine = layer_means(bundle, featurizer, split.select(rows).with_transform(transform), progress=progress)
-    parts = processes.gather(mine)
-    if not processes.is_main:
-        return None, False
-    features = np.concatenate([part for part in parts if part is not None])
-    write_features(path, features)
-    return features, False
+
+def _head_line(fit: dict, started: float) -> str:
+    return (f"head: {fit['mixture']}, L2 strength C={fit['strength']:g} (best of {fit['candidates']}) in "
+            f"{time.monotonic() - started:.1f} s, training accuracy {fit['train_accuracy']:.3f}, evaluation accuracy "
+            f"{fit['eval_accuracy']:.3f}")
 
 
 def score_test_split(bundle: ModelBundle, window: float, clips: ClipSet, test_split, batch_size: int,
