@@ -11,6 +11,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import numpy as np
 import pytest
+import torch
 import transformers
 import yaml
 from transformers import TrainerCallback
@@ -124,6 +125,29 @@ def test_pipeline_classifier_and_cli_agree(trained, clips_16k):
                 assert scores[p["label"]] == pytest.approx(p["score"], abs=1e-4), path
 
 
+# --- the epoch kept -----------------------------------------------------------------------------
+
+
+def test_kept_epoch_is_the_most_accurate_then_the_lowest_loss(tmp_path):
+    from transformers import EvalPrediction
+
+    from audioclf.train import BEST_EPOCH_METRIC, _accuracy
+
+    labels = np.array([0, 1, 1, 0])
+    scores = {}
+    for name, logits in {"3 of 4": [[1, 0], [0, 1], [0, 1], [0, 1]],
+                         "3 of 4, surer": [[3, 0], [0, 3], [0, 3], [0, 1]],
+                         "4 of 4, barely": [[0.1, 0], [0, 0.1], [0, 0.1], [0.1, 0]]}.items():
+        logits = np.array(logits, dtype=np.float32)
+        scores[name] = _accuracy(EvalPrediction(predictions=logits, label_ids=labels))
+        loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
+        assert scores[name][BEST_EPOCH_METRIC] == pytest.approx(scores[name]["accuracy"] + 0.5 / 4 / (1 + loss))
+
+    assert [scores[name]["accuracy"] for name in scores] == [0.75, 0.75, 1.0]
+    assert sorted(scores, key=lambda name: scores[name][BEST_EPOCH_METRIC]) == ["3 of 4", "3 of 4, surer", "4 of 4, barely"]
+    assert training_arguments(resolve_options("default", {}), tmp_path).metric_for_best_model == BEST_EPOCH_METRIC
+
+
 # --- the seed preset ----------------------------------------------------------------------------
 
 
@@ -142,7 +166,7 @@ def test_seed_preset_is_the_guides_recipe(tmp_path):
     assert args.eval_strategy == "epoch"
     assert args.save_strategy == "epoch"
     assert args.load_best_model_at_end is True
-    assert args.metric_for_best_model == "accuracy"
+    assert args.metric_for_best_model == "accuracy"  # ties to the first such epoch, as the Trainer keeps them
     assert args.weight_decay == 0.0  # TrainingArguments' default, which the guide keeps
     # the guide's feature extractor call: max_length = 1 s of samples, truncation from the start
     assert options.max_seconds == 1.0
