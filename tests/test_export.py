@@ -84,7 +84,7 @@ def test_exported_directory_and_its_record(exported):
     graph = onnx.load(str(onnx_dir / "model.onnx")).graph
 
     assert {p.name for p in onnx_dir.iterdir()} == {"model.onnx", "config.json", "preprocessor_config.json",
-                                                    EXPORT_RECORD_FILE}
+                                                    EXPORT_RECORD_FILE, "README.md"}  # no training record to copy
     assert sorted(p.name for p in onnx_dir.parent.iterdir()) == ["model", "onnx"]  # no staging folder left beside it
     assert config["id2label"] == {"0": "low", "1": "high", "2": "noise"}
     assert record["quantize"] is None and record["max_abs_logit_difference"] <= 1e-4 and record["parity_clips"] >= 4

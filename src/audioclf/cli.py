@@ -16,7 +16,7 @@ from audioclf.cli_options import config_options
 from audioclf.config import (API_KEY_ENV, SEED_PRESET, SEGMENTS_ALIASES, SEGMENTS_OPTION, DataSpec, InferOptions,
                              ModelOptions, ServeSettings, TrainOptions, option_help)
 from audioclf.errors import AudioclfError, ConfigError, shown_path
-from audioclf.files import METRICS_FILE, PREPROCESSOR_CONFIG_FILE, TRAIN_CONFIG_FILE
+from audioclf.files import CARD_FILE, METRICS_FILE, PREPROCESSOR_CONFIG_FILE
 
 try:  # recent typer vendors click; older ones use click itself
     from typer._click.exceptions import UsageError
@@ -247,73 +247,29 @@ def _given_arguments(ctx: typer.Context, drop: str) -> list[str]:
 # --- evaluate -----------------------------------------------------------------------------------
 
 
-def _evaluation_split(model_dir: Path, spec: DataSpec, split: str | None, progress: bool):
-    """The clips to evaluate on: --split of the source; by default its test split when it brings one, the
-    training run's own held-out test clips when this is the data the model was trained on, else everything."""
-    from datasets import concatenate_datasets
-
-    from audioclf.data import load_clips
-
-    trained_on = _training_data_spec(model_dir, spec)
-    clips = load_clips(trained_on or spec, split=True, progress=progress)
-    if split is None:
-        if not clips.derived_split or trained_on is not None:
-            split = "test"
-        else:
-            return clips, concatenate_datasets(list(clips.splits.values()))
-    if split == "all":
-        return clips, concatenate_datasets(list(clips.splits.values()))
-    if split not in clips.splits:
-        raise ConfigError(f"--split {split!r}: {clips.source} has the splits {', '.join(clips.splits)} (or 'all')")
-    return clips, clips.splits[split]
-
-
-def _training_data_spec(model_dir: Path, spec: DataSpec) -> DataSpec | None:
-    """The data options the model was trained with, when it was trained on this same source and no
-    split-changing option was given now, so its test split can be made again exactly."""
-    import dataclasses
-
-    config_file = model_dir / TRAIN_CONFIG_FILE
-    if not config_file.is_file():
-        return None
-    try:
-        trained = DataSpec(**json.loads(config_file.read_text())["data"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    if Path(trained.data).resolve() != Path(spec.data).resolve():
-        return None
-    given = {f.name: getattr(spec, f.name) for f in dataclasses.fields(DataSpec)}
-    defaults = {f.name: f.default for f in dataclasses.fields(DataSpec) if f.name != "data"}
-    changed = {k: v for k, v in given.items() if k != "data" and v != defaults[k]}
-    return dataclasses.replace(trained, **changed)
-
-
 @app.command("evaluate")
 @config_options(DataSpec, into="data_options", panels=[DATA_PANEL])
 def evaluate_command(
     model_dir: Path = typer.Argument(..., help="A trained model directory (or Hub id)."),
     split: str | None = typer.Option(None, "--split", help="Which split to score: train, validation, test or all. Default: the source's test split; for the data the model was trained on, its held-out test clips; otherwise all clips."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (accuracy, macro_f1, n, per-class, confusion, misclassified)."),
-    report_dir: Path | None = typer.Option(None, "--report-dir", help="Also write metrics.json, confusion.png and misclassified.csv here."),
+    report_dir: Path | None = typer.Option(None, "--report-dir", help="Also write metrics.json, confusion.png, misclassified.csv and predictions.jsonl here."),
+    update_card: bool = typer.Option(False, "--update-card", help="Also keep this evaluation in MODEL_DIR's metrics.json and show it in its model card (README.md, confusion.png) in place of the training run's test figures."),
     quiet: bool = Quiet,
     *,
     data_options: dict,
 ) -> None:
     """Score a trained model on labelled data: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix."""
-    from audioclf.data import skipped_summary
-    from audioclf.evaluate import evaluate_clips, format_report, write_report
+    from audioclf.data import ClipProblem, skipped_summary
+    from audioclf.evaluate import evaluate_model, format_report, write_report
     from audioclf.files import REPORT_FILES, check_writable_output
-    from audioclf.infer import load_classifier
 
     if report_dir is not None:
         check_writable_output(report_dir, "--report-dir", "into", inside=REPORT_FILES)
-    spec = DataSpec(**data_options)
-    classifier = load_classifier(model_dir)
-    clips, dataset = _evaluation_split(Path(model_dir), spec, split, progress=not quiet)
-    report = evaluate_clips(classifier, clips, dataset, progress=not quiet)
+    report = evaluate_model(model_dir, DataSpec(**data_options), split, progress=not quiet, update_card=update_card)
     listed_in = (f"{report_dir / METRICS_FILE} (problems)" if report_dir is not None else
                  "the report's problems (--json or --report-dir)")
-    for line in skipped_summary(clips.problems, listed_in):
+    for line in skipped_summary([ClipProblem(**problem) for problem in report.problems], listed_in):
         typer.echo(line, err=True)  # stdout keeps only the report
     if report_dir is not None:
         write_report(report, report_dir)
@@ -323,6 +279,8 @@ def evaluate_command(
         typer.echo(format_report(report))
         if report_dir is not None:
             typer.echo(f"report written to {report_dir}")
+    if update_card and not as_json:
+        typer.echo(f"model card updated: {Path(model_dir) / CARD_FILE}")
 
 
 # --- predict ------------------------------------------------------------------------------------
@@ -570,14 +528,14 @@ def export_onnx_command(
 def _agreement_clips(model_dir: Path, data: str, progress: bool):
     """Up to EXPORT_AGREEMENT_CLIPS held-out clips of `data`, decoded at the model's rate, and where they came from."""
     from audioclf.data import clip_samples
-
     from audioclf.errors import ModelError
+    from audioclf.evaluate import evaluation_clips
 
     preprocessor = Path(model_dir) / PREPROCESSOR_CONFIG_FILE
     if not preprocessor.is_file():
         raise ModelError(f"{model_dir}: not a trained model directory (it has no {preprocessor.name})")
     rate = int(json.loads(preprocessor.read_text())["sampling_rate"])
-    clips, split = _evaluation_split(Path(model_dir), DataSpec(data=data), None, progress)
+    clips, split, _ = evaluation_clips(model_dir, DataSpec(data=data), None, progress)
     rows = split.with_format(None).select(range(min(len(split), EXPORT_AGREEMENT_CLIPS)))
     return [clip_samples(audio, rate) for audio in rows["audio"]], clips.source
 
@@ -596,7 +554,7 @@ def demo_command(
     training, and classify a few clips."""
     from audioclf.backbone import ensure_backbone
     from audioclf.data import demo_manifest
-    from audioclf.evaluate import EvalReport
+    from audioclf.evaluate import EvalReport, evaluation_clips
     from audioclf.infer import load_classifier
     from audioclf.train import train
 
@@ -610,7 +568,7 @@ def demo_command(
 
     typer.echo("3/4 tested on the unseen voices")
     report = EvalReport(**result.metrics["test"])  # training scored them as evaluate and predict do
-    _, test = _evaluation_split(output, spec, "test", progress=False)
+    _, test, _ = evaluation_clips(output, spec, "test", progress=False)
     voices = sorted(set(test.with_format(None)["voice"]))
     typer.echo(f"test accuracy {report.accuracy:.3f} (macro-F1 {report.macro_f1:.3f}) on {report.n} clips "
                f"from voices {', '.join(voices)}")

@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from audioclf import files
-from audioclf.errors import DataError, ModelError
-from audioclf.files import CONFUSION_PLOT_FILE, METRICS_FILE, MISCLASSIFIED_FILE, PREDICTIONS_FILE
+from audioclf.errors import ConfigError, DataError, ModelError
+from audioclf.files import CONFUSION_PLOT_FILE, METRICS_FILE, MISCLASSIFIED_FILE, PREDICTIONS_FILE, TRAIN_CONFIG_FILE
 
 TOP_K = 3  # alternatives listed for each misclassified clip
 CONFUSION_PLOT_DPI = 120
@@ -261,3 +261,64 @@ def evaluate_clips(classifier, clips, dataset, progress: bool = True, chunk: int
     bar.close()
     report = build_report(classifier.labels, true_ids, np.stack(parts) if parts else np.zeros((0, len(model_ids))), paths)
     return replace(report, problems=[asdict(problem) for problem in clips.problems])
+
+
+def evaluate_model(model_dir: str | Path, spec, split: str | None = None, progress: bool = True,
+                   update_card: bool = False, **classifier_options) -> EvalReport:
+    """Load the model in `model_dir` (infer.load_classifier, with `classifier_options`) and score it on the clips
+    `evaluation_clips` picks from `spec` (a DataSpec). With `update_card`, the report is also kept in the model
+    directory's metrics.json as its latest evaluation and its model card shows it (audioclf.card)."""
+    from audioclf.infer import load_classifier
+
+    if update_card and not (Path(model_dir) / METRICS_FILE).is_file():
+        raise ConfigError(f"--update-card: {model_dir} is not a model directory audioclf trained (it has no "
+                          f"{METRICS_FILE}), so it has no card to update")
+    classifier = load_classifier(model_dir, **classifier_options)
+    clips, dataset, split = evaluation_clips(model_dir, spec, split, progress)
+    report = evaluate_clips(classifier, clips, dataset, progress=progress)
+    if update_card:
+        from audioclf import card
+
+        card.record_evaluation(model_dir, report, clips.source, split)
+    return report
+
+
+def evaluation_clips(model_dir: str | Path, spec, split: str | None = None, progress: bool = True):
+    """The clips of `spec` (a DataSpec) to evaluate the model in `model_dir` on: `split` of the source, or "all";
+    by default the source's test split when it brings one, the training run's own held-out test clips when this is
+    the data the model was trained on, else every clip. Returns (the ClipSet, the clips, the split's name)."""
+    from datasets import concatenate_datasets
+
+    from audioclf.data import load_clips
+
+    trained_on = _training_data_spec(Path(model_dir), spec)
+    clips = load_clips(trained_on or spec, split=True, progress=progress)
+    if split is None:
+        split = "test" if not clips.derived_split or trained_on is not None else "all"
+    if split == "all":
+        return clips, concatenate_datasets(list(clips.splits.values())), split
+    if split not in clips.splits:
+        raise ConfigError(f"--split {split!r}: {clips.source} has the splits {', '.join(clips.splits)} (or 'all')")
+    return clips, clips.splits[split], split
+
+
+def _training_data_spec(model_dir: Path, spec):
+    """The data options the model was trained with, when it was trained on this same source and no
+    split-changing option was given now, so its test split can be made again exactly."""
+    import dataclasses
+
+    from audioclf.config import DataSpec
+
+    config_file = model_dir / TRAIN_CONFIG_FILE
+    if not config_file.is_file():
+        return None
+    try:
+        trained = DataSpec(**json.loads(config_file.read_text())["data"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if Path(trained.data).resolve() != Path(spec.data).resolve():
+        return None
+    given = {f.name: getattr(spec, f.name) for f in dataclasses.fields(DataSpec)}
+    defaults = {f.name: f.default for f in dataclasses.fields(DataSpec) if f.name != "data"}
+    changed = {k: v for k, v in given.items() if k != "data" and v != defaults[k]}
+    return dataclasses.replace(trained, **changed)

@@ -1,9 +1,10 @@
 """Export: a trained model directory as an ONNX model that `audioclf predict` runs with ONNX Runtime, without torch.
 
 OUT holds model.onnx (dynamic batch axis; a dynamic length axis for the wav2vec2 family, Whisper's fixed frames),
-config.json (label maps), preprocessor_config.json, the training record where there is one, and onnx_export.json:
-what was exported and how it was checked. The graph's logits are checked against torch's before OUT appears, and the
-export fails, leaving nothing behind, if they differ by more than PARITY_TOLERANCE. With int8, only the matrix
+config.json (label maps), preprocessor_config.json, the training record where there is one, onnx_export.json (what
+was exported and how it was checked) and a model card (README.md, audioclf.card). The graph's logits are checked
+against torch's before OUT appears, and the export fails, leaving nothing behind, if they differ by more than
+PARITY_TOLERANCE. With int8, only the matrix
 products with weights (linear and attention projections) are quantized, weights per output channel; the convolutional
 front end stays float (quantizing it makes wav2vec2 slower or worse), and so do the head and any linear layer whose
 input carries outliers (see float_nodes). The quantized model's top-1 agreement with fp32 is measured.
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from audioclf import files
+from audioclf import card, files
 from audioclf.errors import ConfigError, ModelError
 from audioclf.features import WHISPER_FRAMES_PER_POSITION
-from audioclf.files import EXPORT_RECORD_FILE, LABELS_FILE, MODEL_CONFIG_FILE, ONNX_MODEL_FILE, TRAIN_CONFIG_FILE
+from audioclf.files import (EXPORT_RECORD_FILE, LABELS_FILE, METRICS_FILE, MODEL_CONFIG_FILE, ONNX_MODEL_FILE,
+                            TRAIN_CONFIG_FILE)
 from audioclf.infer import Classifier, OnnxBackend, TorchBackend
 
 OPSET = 17
@@ -34,7 +36,7 @@ QUANTIZE_CHOICES = ("int8",)
 QUANTIZED_OPS = ["MatMul", "Gemm"]  # weights of linear and attention layers; Conv (the front end) stays float
 SYNTHETIC_CLIPS = 32  # clips the int8 agreement is measured on when no data is given
 SYNTHETIC_SECONDS = (0.8, 1.6, 2.4)  # their lengths cycle through these
-COPIED_FILES = (TRAIN_CONFIG_FILE, LABELS_FILE)  # the training record travels with the exported model
+COPIED_FILES = (TRAIN_CONFIG_FILE, METRICS_FILE, LABELS_FILE)  # the training record travels with the exported model
 HEAD_MODULES = ("projector", "classifier")  # the head: under 1% of the work, and its errors land on the logits unsoftened
 OUTLIER_FACTOR = 4.0  # a linear layer whose inputs' peak-to-RMS ratio is this many times the median one's stays float
 
@@ -113,6 +115,7 @@ def export_onnx(model_dir: str | Path, output: str | Path, quantize: str | None 
                   "source": str(model_dir), "quantized_ops": QUANTIZED_OPS if quantize else [],
                   **{k: v for k, v in report.to_dict().items() if k != "output"}}
         files.write_json(staging / EXPORT_RECORD_FILE, record)
+        card.write_card(staging, output.name)  # from the record and the training files copied above
     return report
 
 

@@ -50,6 +50,7 @@ METRICS_FILE = "metrics.json"  # training metrics in a model directory, the whol
 LABELS_FILE = "labels.txt"  # one label per line, in label-id order
 ONNX_MODEL_FILE = "model.onnx"  # the exported graph
 EXPORT_RECORD_FILE = "onnx_export.json"  # what was exported and how it was checked
+CARD_FILE = "README.md"  # the model card, in the Hugging Face Hub's format (audioclf.card)
 CONFUSION_PLOT_FILE = "confusion.png"
 MISCLASSIFIED_FILE = "misclassified.csv"
 PREDICTIONS_FILE = "predictions.jsonl"  # an evaluation's every clip: path, true label, every label's score

@@ -28,7 +28,7 @@ import transformers
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from audioclf import files
+from audioclf import card, files
 from audioclf.config import DataSpec, ModelOptions, TrainOptions
 from audioclf.data import ClipSet, clip_samples, load_clips, skipped_summary, split_dataset
 from audioclf.distributed import Processes
@@ -415,8 +415,10 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
          f"window {window:g} s at {bundle.sampling_rate} Hz, mode {options.mode}"
          + (f", {processes.count} processes" if processes.count > 1 else ""))
     featurizer = BatchFeaturizer(bundle.feature_extractor, bundle.model_type, bundle.uses_attention_mask)
-    metrics = {"labels": clips.labels, "window_seconds": window, "problems": [asdict(p) for p in clips.problems]}
     splits = (train_split, eval_split, test_split)
+    metrics = {"labels": clips.labels, "window_seconds": window, "problems": [asdict(p) for p in clips.problems],
+               "data": card.data_record(data, clips, dict(zip(("train", "validation", "test"), splits))),
+               "threads": torch.get_num_threads()}
     if options.mode == "probe":
         metrics.update(_train_probe(bundle, featurizer, splits, window, options, processes, echo, progress))
         trainer = None
@@ -439,6 +441,7 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
             files.write_json(staging / files.TRAIN_CONFIG_FILE, resolved)
             files.write_json(staging / files.METRICS_FILE, metrics)
             files.write_text(staging / files.LABELS_FILE, "".join(label + "\n" for label in clips.labels))
+            card.write_card(staging, output.name)  # README.md and confusion.png, from the files above
         if push_to_hub:
             if trainer is not None:
                 trainer.push_to_hub()  # with plain DDP its save involves no other process
