@@ -32,7 +32,7 @@ COMMANDS = {
     "train": ((DataSpec, ModelOptions, TrainOptions), (),
               {"output", "config", "overwrite", "resume", "push_to_hub", "hub_model_id", "quiet"}),
     "serve": ((ServeSettings,), (), {"model_dir"}),
-    "evaluate": ((DataSpec,), (), {"model_dir", "split", "as_json", "report_dir", "quiet"}),
+    "evaluate": ((DataSpec,), (), {"model_dir", "split", "as_json", "report_dir", "update_card", "quiet"}),
     "data inspect": ((DataSpec,), ("data", "test_size", "seed"), {"source", "as_json"}),  # inspecting splits nothing
     "predict": ((InferOptions,), (), {"model_dir", "files", "as_json", "csv_out", "input_", "audio_column", "output",
                                       "output_format", "overwrite", "use_ray", "ray_address", "concurrency", "quiet"}),

@@ -17,6 +17,7 @@ from audioclf.config import (API_KEY_ENV, SEED_PRESET, SEGMENTS_ALIASES, SEGMENT
                              ModelOptions, ServeSettings, TrainOptions, option_help)
 from audioclf.errors import AudioclfError, ConfigError, shown_path
 from audioclf.files import CARD_FILE, METRICS_FILE, PREPROCESSOR_CONFIG_FILE
+from audioclf.hub import DEFAULT_COMMIT_MESSAGE
 
 try:  # recent typer vendors click; older ones use click itself
     from typer._click.exceptions import UsageError
@@ -189,8 +190,8 @@ def train_command(
     config: Path | None = typer.Option(None, "--config", help="YAML/JSON file of options (any flag below, by name, or a train_config.json); flags given on the command line win."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --output if it exists (only once training has succeeded)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint in OUTPUT.partial/."),
-    push_to_hub: bool = typer.Option(False, "--push-to-hub", help="Also upload the model to the Hugging Face Hub (needs network and a login)."),
-    hub_model_id: str | None = typer.Option(None, "--hub-model-id", help="Repository name on the Hub for --push-to-hub."),
+    push_to_hub: bool = typer.Option(False, "--push-to-hub", help="Also upload the finished model to the Hugging Face Hub, as `audioclf push` does (the login is checked before training)."),
+    hub_model_id: str | None = typer.Option(None, "--hub-model-id", help="Repository for --push-to-hub: owner/name, or a name under your account. Default: the --output folder's name."),
     quiet: bool = Quiet,
     *,
     flags: dict,
@@ -538,6 +539,25 @@ def _agreement_clips(model_dir: Path, data: str, progress: bool):
     clips, split, _ = evaluation_clips(model_dir, DataSpec(data=data), None, progress)
     rows = split.with_format(None).select(range(min(len(split), EXPORT_AGREEMENT_CLIPS)))
     return [clip_samples(audio, rate) for audio in rows["audio"]], clips.source
+
+
+# --- push ---------------------------------------------------------------------------------------
+
+
+@app.command("push")
+def push_command(
+    model_dir: Path = typer.Argument(..., help="A trained model directory or an ONNX export."),
+    repo_id: str = typer.Argument(..., help="The Hub model repository: owner/name, or a name under your account. Created if it does not exist."),
+    private: bool = typer.Option(False, "--private", help="Create the repository private (an existing one keeps its visibility)."),
+    revision: str | None = typer.Option(None, "--revision", help="Branch to upload to, created from main if new. Default: main."),
+    commit_message: str | None = typer.Option(None, "--commit-message", help=f"The commit's message. Default: {DEFAULT_COMMIT_MESSAGE!r}."),
+) -> None:
+    """Upload a model directory (or an ONNX export), with its model card, to the Hugging Face Hub. The token comes
+    from HF_TOKEN or `hf auth login`; offline or without one this fails at once."""
+    from audioclf.hub import push
+
+    result = push(model_dir, repo_id, private=private, revision=revision, commit_message=commit_message)
+    typer.echo(f"uploaded {len(result.files)} files to {result.repo_id} ({result.revision}): {result.commit_url}")
 
 
 # --- demo ---------------------------------------------------------------------------------------

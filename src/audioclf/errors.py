@@ -78,6 +78,10 @@ class ModelError(AudioclfError):
     """A model cannot be found, built, loaded or used with this data."""
 
 
+class HubError(AudioclfError):
+    """The Hugging Face Hub cannot be used: offline, not logged in, unreachable, or it refused the request."""
+
+
 class OutputError(AudioclfError):
     """An output path cannot be written: something other than a regular file or folder is there."""
 

@@ -32,7 +32,7 @@ from audioclf import card, files
 from audioclf.config import DataSpec, ModelOptions, TrainOptions
 from audioclf.data import ClipSet, clip_samples, load_clips, skipped_summary, split_dataset
 from audioclf.distributed import Processes
-from audioclf.errors import ConfigError, DataError, ModelError, OutputError
+from audioclf.errors import ConfigError, DataError, HubError, OutputError
 from audioclf.features import (
     CLIP_INDEX_COLUMN,
     WHISPER_MAX_WINDOW_SECONDS,
@@ -68,8 +68,7 @@ class TrainResult:
     main_process: bool = True  # False in the other processes of a multi-process run, which print nothing
 
 
-def training_arguments(options: TrainOptions, checkpoint_dir: Path, progress: bool = True,
-                       push_to_hub: bool = False, hub_model_id: str | None = None) -> TrainingArguments:
+def training_arguments(options: TrainOptions, checkpoint_dir: Path, progress: bool = True) -> TrainingArguments:
     """The Trainer's arguments for these options; every epoch is evaluated and checkpointed."""
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
@@ -97,8 +96,6 @@ def training_arguments(options: TrainOptions, checkpoint_dir: Path, progress: bo
         report_to="none",
         disable_tqdm=not progress,
         use_cpu=not torch.cuda.is_available(),
-        push_to_hub=push_to_hub,
-        hub_model_id=hub_model_id,
     )
 
 
@@ -119,14 +116,13 @@ def _prepare_model(model_opts: ModelOptions, labels: list[str], seed: int) -> Mo
     return load_model(model_opts.model, labels, weighted_layer_sum=model_opts.weighted_layer_sum)
 
 
-def _check_hub_reachable() -> None:
-    try:
-        import huggingface_hub
+def _check_hub_access() -> None:
+    from audioclf.hub import check_access
 
-        huggingface_hub.whoami()
-    except Exception as e:
-        raise ModelError(f"--push-to-hub: cannot reach the Hugging Face Hub or not logged in ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}); train without it and upload later") from e
+    try:
+        check_access()
+    except HubError as e:
+        raise HubError(f"--push-to-hub: {e}; train without it and upload later with `audioclf push`") from e
 
 
 class _QuietProgress(ProgressCallback):
@@ -274,7 +270,7 @@ def check_run(output: Path, model_opts: ModelOptions, *, overwrite: bool = False
                               f"{checkpoints}" + (f" ({why})" if why else ""))
         last_checkpoint = str(chosen)
     if push_to_hub:
-        _check_hub_reachable()
+        _check_hub_access()
     _check_model_options(model_opts)  # a bad model is reported before the data is scanned
     return last_checkpoint
 
@@ -385,7 +381,7 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     finished = finished_model(output) if resume else None
     processes.wait()  # every process has looked at the output before the main one changes anything
     if finished is not None:
-        return _install_finished(finished, output, overwrite, processes, echo)
+        return _pushed(_install_finished(finished, output, overwrite, processes, echo), push_to_hub, hub_model_id, echo)
     if processes.is_main and not resume and work.exists():
         shutil.rmtree(work)
     if processes.is_main and resume:
@@ -424,7 +420,7 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
         trainer = None
     else:
         trainer, fine_tuned = _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints,
-                                         last_checkpoint, push_to_hub, hub_model_id, processes, progress, echo,
+                                         last_checkpoint, processes, progress, echo,
                                          callbacks)
         metrics.update(fine_tuned)
     if test_split is not None and processes.is_main:
@@ -442,15 +438,26 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
             files.write_json(staging / files.METRICS_FILE, metrics)
             files.write_text(staging / files.LABELS_FILE, "".join(label + "\n" for label in clips.labels))
             card.write_card(staging, output.name)  # README.md and confusion.png, from the files above
-        if push_to_hub:
-            if trainer is not None:
-                trainer.push_to_hub()  # with plain DDP its save involves no other process
-            else:
-                bundle.model.push_to_hub(hub_model_id or output.name)
-                bundle.feature_extractor.push_to_hub(hub_model_id or output.name)
         _install(work, output, overwrite)
     metrics = processes.broadcast(metrics)  # the others return once the model directory is in place
-    return TrainResult(output=output, metrics=metrics, main_process=processes.is_main)
+    return _pushed(TrainResult(output=output, metrics=metrics, main_process=processes.is_main), push_to_hub,
+                   hub_model_id, echo)
+
+
+def _pushed(result: TrainResult, push_to_hub: bool, hub_model_id: str | None, echo) -> TrainResult:
+    """With --push-to-hub, upload the installed model directory as `audioclf push` does (the main process)."""
+    if not push_to_hub or not result.main_process:
+        return result
+    from audioclf.hub import push
+
+    repo_id = hub_model_id or result.output.name
+    try:
+        pushed = push(result.output, repo_id)
+    except HubError as e:
+        raise HubError(f"--push-to-hub: {e}; the model is saved in {result.output}: upload it later with "
+                       f"`audioclf push {result.output} {repo_id}`") from e
+    echo(f"pushed {len(pushed.files)} files to {pushed.repo_id} ({pushed.commit_url})")
+    return result
 
 
 class _AugmentationEpoch(TrainerCallback):
@@ -463,8 +470,8 @@ class _AugmentationEpoch(TrainerCallback):
         self.transform.epoch = int(round(state.epoch))
 
 
-def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints, resume_from, push_to_hub,
-               hub_model_id, processes, progress, echo, callbacks):
+def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints, resume_from, processes, progress,
+               echo, callbacks):
     """The Trainer run: lazy crops and features, optional probe-fitted head, early stopping on accuracy.
     Returns the trainer (its best model is in bundle.model) and the metrics it measured."""
     train_split, eval_split, test_split = splits
@@ -484,7 +491,7 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
                             labels["validation"], options.seed, processes, refit_with_eval=False)
         echo(_head_line(head_fit, started))
 
-    args = training_arguments(options, checkpoints, progress, push_to_hub, hub_model_id)
+    args = training_arguments(options, checkpoints, progress)
     epoch_line = EpochLine(echo)
     trainer_callbacks = [epoch_line, _AugmentationEpoch(train_transform), *(callbacks or [])]
     if options.early_stopping_patience:
