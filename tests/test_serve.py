@@ -421,6 +421,43 @@ def test_open_metrics_and_schema_opens_only_those_two(classifier):
         assert "audioclf_requests_total" in client.get("/metrics").text
 
 
+DOCS_PAGES = ("/docs", "/redoc")
+
+
+def test_docs_and_redoc_load_their_assets_from_the_server(client):
+    for path in DOCS_PAGES:
+        page = client.get(path)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        policy = page.headers["content-security-policy"]  # the browser itself keeps the page from loading elsewhere
+        assert "default-src 'self'" in policy and "img-src 'self' data:" in policy
+        referenced = re.findall(r'(?:src|href|spec-url)="([^"]+)"', page.text) + re.findall(r"url: '([^']+)'", page.text)
+        assert "/openapi.json" in referenced
+        assert all(url.startswith("/") for url in referenced), referenced  # nothing from outside
+        assert "http://" not in page.text and "https://" not in page.text
+        for url in referenced:
+            answer = client.get(url)
+            assert answer.status_code == 200, url
+            if url.endswith(".js"):
+                assert answer.headers["content-type"].startswith("text/javascript") and len(answer.content) > 100_000
+
+
+def test_docs_are_behind_the_api_key_like_the_schema(classifier):
+    with running(classifier, api_key="s3cret") as client:
+        for path in DOCS_PAGES:
+            assert_error(client.get(path), 401, "unauthorized")
+            assert client.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/docs/assets/swagger-ui.css").status_code == 200  # public code, like the page
+        spec = client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()
+        # the schema says which operations want the key, so Swagger UI's Authorize button can send it
+        assert spec["components"]["securitySchemes"]["api_key"] == {
+            "type": "http", "scheme": "bearer", "description": "The server's --api-key."}
+        assert spec["paths"]["/v1/classify"]["post"]["security"] == [{"api_key": []}]
+        assert "security" not in spec["paths"]["/healthz"]["get"]
+    with running(classifier, api_key="s3cret", open_metrics_and_schema=True) as client:
+        for path in DOCS_PAGES:
+            assert client.get(path).status_code == 200
+
+
 def test_without_an_api_key_v1_is_open(client):
     assert client.get("/v1/labels").status_code == 200
 

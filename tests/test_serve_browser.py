@@ -85,13 +85,16 @@ def server(model_dir, tmp_path_factory):
         log.close()
 
 
-def start_chromium(profile: Path, extra_flags: tuple[str, ...] = ()):
+def start_chromium(profile: Path, extra_flags: tuple[str, ...] = (), network_log: bool = False):
+    """Headless Chromium; with `network_log`, its performance log records every request the pages make."""
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (*CHROMIUM_FLAGS, *extra_flags, f"--user-data-dir={profile}", "--window-size=900,800"):
         options.add_argument(flag)
+    if network_log:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     # an explicit driver path keeps Selenium Manager from looking for (and downloading) drivers
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
@@ -164,3 +167,42 @@ def test_page_records_the_microphone_as_wav(server, tmp_path):
         assert status.startswith("recording.wav: ") and 0.5 < seconds < 5
     finally:
         driver.quit()
+
+
+def requested_urls(driver) -> list[str]:
+    """Every URL the browser sent a request for since the last call, from Chrome's performance log (DevTools
+    events): those the page's Content-Security-Policy blocked before they left are not counted."""
+    events = [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]
+    blocked = {event["params"]["requestId"] for event in events
+               if event["method"] == "Network.loadingFailed" and event["params"].get("blockedReason")}
+    return [event["params"]["request"]["url"] for event in events if event["method"] == "Network.requestWillBeSent"
+            and event["params"]["requestId"] not in blocked]
+
+
+def test_docs_and_redoc_render_the_api_with_no_outside_request(server, tmp_path):
+    """/docs (Swagger UI) and /redoc (ReDoc) draw the classify operation from /openapi.json, every script, style and
+    icon coming from the server itself."""
+    driver = start_chromium(tmp_path / "profile", network_log=True)
+    try:
+        driver.get(server + "docs")
+        WebDriverWait(driver, WAIT_SECONDS).until(
+            lambda d: any("/v1/classify" in e.text for e in d.find_elements(By.CSS_SELECTOR, ".opblock-post")))
+        operation = driver.find_element(By.CSS_SELECTOR, ".opblock-post")
+        assert operation.text.split("\n")[:3] == ["POST", "/v1/classify", "Classify"]
+        operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()  # opens it: its description and fields
+        WebDriverWait(driver, WAIT_SECONDS).until(lambda d: "Classify one clip or recording" in operation.text)
+        assert "top_k" in operation.text and "segments" in operation.text
+        swagger = requested_urls(driver)
+
+        driver.get(server + "redoc")
+        WebDriverWait(driver, WAIT_SECONDS).until(lambda d: "/v1/classify" in d.find_element(By.TAG_NAME, "body").text)
+        assert "Classify one clip or recording" in driver.find_element(By.TAG_NAME, "body").text
+        redoc = requested_urls(driver)
+    finally:
+        driver.quit()
+    for page, urls in (("docs", swagger), ("redoc", redoc)):
+        assert server + "openapi.json" in urls and any(url.endswith(".js") for url in urls), (page, urls)
+        # requests that leave the browser (not its own chrome:// pages, nor data: and blob: URLs) all go to the server
+        outside = [url for url in urls if url.startswith(("http:", "https:", "ws:", "wss:", "ftp:"))
+                   and not url.startswith(server)]
+        assert outside == [], (page, outside)

@@ -35,7 +35,9 @@ import numpy as np
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -59,6 +61,15 @@ LINGER_SECONDS = 1.0
 MAX_NAME_CHARS = 120  # an uploaded file name is echoed in error messages; keep it short
 LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+DOCS_ASSETS_PATH = "/docs/assets"  # where /docs and /redoc find their scripts, styles and icon
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+               "redoc.standalone.js": "text/javascript", "favicon.png": "image/png"}
+# The docs pages may load nothing from elsewhere: ReDoc's bundle still draws its maker's logo from their CDN (its
+# image hides itself when blocked). The pages' own inline script and styles (Swagger UI's set-up, ReDoc's
+# styled-components) and ReDoc's search worker (a blob: URL) are allowed.
+DOCS_CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+                                "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; "
+                                "connect-src 'self'")
 
 
 class ClipClassifier(Protocol):
@@ -501,12 +512,15 @@ def _check_query(request: Request, known: Sequence[str]) -> None:
                                              f"this endpoint takes {', '.join(known)}")
 
 
-def _bearer_check(api_key: str | None) -> Callable[[Request], None]:
-    expected = f"Bearer {api_key}".encode() if api_key else None
+def _bearer_check(api_key: str | None) -> Callable[..., None]:
+    if not api_key:
+        return lambda: None
+    expected = f"Bearer {api_key}".encode()
+    # declared so that the schema, and so /docs, says which operations want the key (and Swagger UI can send it);
+    # the check itself is the comparison below, which answers in the service's JSON error shape
+    scheme = HTTPBearer(auto_error=False, scheme_name="api_key", description="The server's --api-key.")
 
-    def require_api_key(request: Request) -> None:
-        if expected is None:
-            return
+    def require_api_key(request: Request, _: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
         given = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(given, expected):
             raise ApiError(401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer KEY'",
@@ -517,6 +531,49 @@ def _bearer_check(api_key: str | None) -> Callable[[Request], None]:
 
 def _page() -> str:
     return (resources.files("audioclf") / "static" / "index.html").read_text(encoding="utf-8")
+
+
+def _docs_asset(name: str) -> Path:
+    """A file of Swagger UI or ReDoc, as fastapi-offline ships them."""
+    return Path(str(resources.files("fastapi_offline") / "static" / name))
+
+
+def _add_api_docs(app: FastAPI, dependencies: list) -> None:
+    """/docs (Swagger UI) and /redoc (ReDoc) on /openapi.json, their scripts, styles and icon served from the
+    package (FastAPI's own pages load them from a CDN, so they stay blank without internet)."""
+    def url(request: Request, path: str) -> str:
+        return request.scope.get("root_path", "") + path  # behind a proxy that mounts the service under a prefix
+
+    def asset(request: Request, name: str) -> str:
+        return url(request, f"{DOCS_ASSETS_PATH}/{name}")
+
+    def local_only(page: HTMLResponse) -> HTMLResponse:
+        page.headers["Content-Security-Policy"] = DOCS_CONTENT_SECURITY_POLICY
+        return page
+
+    @app.get("/docs", include_in_schema=False, dependencies=dependencies)
+    async def swagger_ui(request: Request):
+        return local_only(get_swagger_ui_html(
+            openapi_url=url(request, "/openapi.json"), title=f"{app.title} - Swagger UI",
+            swagger_js_url=asset(request, "swagger-ui-bundle.js"), swagger_css_url=asset(request, "swagger-ui.css"),
+            swagger_favicon_url=asset(request, "favicon.png"),
+            swagger_ui_parameters={"validatorUrl": None}))  # no validity badge from swagger.io
+
+    @app.get("/redoc", include_in_schema=False, dependencies=dependencies)
+    async def redoc(request: Request):
+        return local_only(get_redoc_html(
+            openapi_url=url(request, "/openapi.json"), title=f"{app.title} - ReDoc",
+            redoc_js_url=asset(request, "redoc.standalone.js"), redoc_favicon_url=asset(request, "favicon.png"),
+            with_google_fonts=False))
+
+    def serve_file(path: Path, media_type: str):
+        async def endpoint():
+            return FileResponse(path, media_type=media_type)
+        return endpoint
+
+    for name, media_type in DOCS_ASSETS.items():  # public code, open like the page
+        app.add_api_route(f"{DOCS_ASSETS_PATH}/{name}", serve_file(_docs_asset(name), media_type), methods=["GET"],
+                          include_in_schema=False)
 
 
 def create_app(classifier: ClipClassifier, settings: ServeSettings = ServeSettings()) -> FastAPI:
@@ -640,6 +697,8 @@ def create_app(classifier: ClipClassifier, settings: ServeSettings = ServeSettin
     @app.get("/openapi.json", include_in_schema=False, dependencies=introspection_auth)
     async def openapi_schema():
         return JSONResponse(app.openapi())
+
+    _add_api_docs(app, introspection_auth)  # they show the schema, so they are behind the key when it is
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
