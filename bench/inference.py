@@ -96,7 +96,7 @@ def run_worker(args) -> dict:
 
         def classify(batch):
             labels = []
-            for outcome in classifier.classify_files(batch, top_k_labels=1):
+            for outcome in classifier.classify_files(batch, top_k=1):
                 labels.append(outcome.predictions[0]["label"] if outcome.error is None else f"error: {outcome.error}")
             return labels
 
@@ -126,7 +126,7 @@ def run_long_worker(args) -> dict:
     classifier = load_classifier(args.model_dir, threads=args.threads, backend=args.worker)
     rss_loaded = peak_rss_mb()
     started = time.perf_counter()
-    (outcome,) = classifier.classify_files([args.recording], top_k_labels=1, segments=True)
+    (outcome,) = classifier.classify_files([args.recording], top_k=1, segments=True)
     return {"seconds": time.perf_counter() - started, "windows": len(outcome.segments or []), "error": outcome.error,
             "rss_after_load_mb": rss_loaded, "peak_rss_mb": peak_rss_mb()}
 

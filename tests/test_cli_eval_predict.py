@@ -136,7 +136,7 @@ def test_predict_json_gives_one_line_per_file_as_given(model_dir, clip_dir):
         assert sorted(p["label"] for p in row["predictions"]) == LABELS
         assert sum(scores) == pytest.approx(1.0, abs=1e-5)
         assert scores == sorted(scores, reverse=True)
-        expected = classifier.classify(row["path"], top_k_labels=None)
+        expected = classifier.classify(row["path"], top_k=None)
         assert [p["label"] for p in row["predictions"]] == [p["label"] for p in expected]
         np.testing.assert_allclose(scores, [p["score"] for p in expected], atol=1e-5)
 

@@ -92,7 +92,7 @@ def test_every_door_gives_every_clip_the_same_answer(model_dir, data, paths, tmp
 
     classifier = audioclf.load_classifier(model_dir)
     assert classifier.window_seconds == WINDOW_SECONDS
-    doors["python"] = {name: classifier.classify(path, top_k_labels=None) for name, path in paths.items()}
+    doors["python"] = {name: classifier.classify(path, top_k=None) for name, path in paths.items()}
 
     printed = runner.invoke(app, ["predict", str(model_dir), *paths.values(), "--json", "--top-k", "3"])
     assert printed.exit_code == 0, printed.output
@@ -123,7 +123,7 @@ def test_every_door_gives_every_clip_the_same_answer(model_dir, data, paths, tmp
     assert exported.exit_code == 0, exported.output
     onnx = audioclf.load_classifier(tmp_path / "onnx")
     assert onnx.backend.kind == "onnx" and onnx.plan == classifier.plan
-    doors["onnx"] = {name: onnx.classify(path, top_k_labels=None) for name, path in paths.items()}
+    doors["onnx"] = {name: onnx.classify(path, top_k=None) for name, path in paths.items()}
 
     _assert_same(doors, "python", {"onnx": 1e-4})
 

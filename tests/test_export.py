@@ -215,6 +215,6 @@ def test_predict_on_an_exported_directory_never_imports_torch(exported, tmp_path
     expected = load_classifier(onnx_dir, backend="onnx")
     assert [row["path"] for row in rows] == paths
     for row in rows:
-        reference = expected.classify(row["path"], top_k_labels=3)
+        reference = expected.classify(row["path"], top_k=3)
         assert [p["label"] for p in row["predictions"]] == [p["label"] for p in reference]
         np.testing.assert_allclose([p["score"] for p in row["predictions"]], [p["score"] for p in reference], atol=1e-6)

@@ -67,7 +67,7 @@ def test_arrays_of_mixed_lengths_match_the_pipeline(model_dir, batch_size):
         reference = pipe({"raw": clip, "sampling_rate": RATE}, top_k=None)
         ours = [{"label": label, "score": float(p)} for label, p in zip(classifier.labels, probabilities[i])]
         _assert_same(sorted(ours, key=lambda p: -p["score"]), reference, f"clip {i}")
-        _assert_same(classifier.classify(clip, top_k_labels=None), reference, f"clip {i}")
+        _assert_same(classifier.classify(clip, top_k=None), reference, f"clip {i}")
         top.add(reference[0]["label"])
     assert top == set(LABELS)  # the model tells the tones apart, so agreeing on top-1 means something
 
@@ -83,7 +83,7 @@ def test_files_at_8_and_16_khz_match_the_pipeline(model_dir, tmp_path, batch_siz
     pipe = transformers.pipeline("audio-classification", model=str(model_dir), device="cpu")
     classifier = load_classifier(model_dir, batch_size=batch_size)
 
-    outcomes = list(classifier.classify_files(paths, top_k_labels=None))
+    outcomes = list(classifier.classify_files(paths, top_k=None))
 
     assert [o.source for o in outcomes] == paths
     for path, outcome in zip(paths, outcomes):
@@ -156,7 +156,7 @@ def test_segments_switch_label_where_the_recording_does(wav2vec2_dir, tmp_path):
     path = write_clip(tmp_path / "long.wav", recording, 8000)
     classifier = load_classifier(wav2vec2_dir, window_seconds=window_seconds, hop_seconds=hop_seconds)
 
-    (outcome,) = classifier.classify_files([str(path)], top_k_labels=1, segments=True)
+    (outcome,) = classifier.classify_files([str(path)], top_k=1, segments=True)
 
     segments = outcome.segments
     assert segments[0]["start_seconds"] == 0.0 and segments[-1]["end_seconds"] == pytest.approx(8.0)
@@ -171,15 +171,15 @@ def test_segments_switch_label_where_the_recording_does(wav2vec2_dir, tmp_path):
     assert abs((first_high["start_seconds"] + first_high["end_seconds"]) / 2 - switch_seconds) <= hop_seconds
     # the recording's answer is the mean of its windows' probabilities
     assert outcome.predictions[0]["label"] == "low"  # 4.3 s of low against 3.7 s of high
-    assert outcome.predictions == classifier.classify(str(path), top_k_labels=1)
-    assert classifier.segments(load_audio(path, RATE), top_k_labels=1) == segments
+    assert outcome.predictions == classifier.classify(str(path), top_k=1)
+    assert classifier.segments(load_audio(path, RATE), top_k=1) == segments
 
 
 def test_short_clip_is_one_segment_of_the_pipelines_answer(wav2vec2_dir, tmp_path):
     path = write_clip(tmp_path / "short.wav", class_clip("high", 0.7, RATE, seed=1), RATE)
     classifier = load_classifier(wav2vec2_dir)
 
-    (outcome,) = classifier.classify_files([str(path)], top_k_labels=2, segments=True)
+    (outcome,) = classifier.classify_files([str(path)], top_k=2, segments=True)
 
     assert outcome.segments == [{"start_seconds": 0.0, "end_seconds": 0.7, "predictions": outcome.predictions}]
 
@@ -213,7 +213,7 @@ def test_bad_inputs_in_a_batch_are_reported_per_file(wav2vec2_dir, tmp_path):
                str(tmp_path / "empty.wav"), str(truncated), good[2].read_bytes()]
     classifier = load_classifier(wav2vec2_dir, batch_size=2)
 
-    outcomes = list(classifier.classify_files(sources, top_k_labels=1))
+    outcomes = list(classifier.classify_files(sources, top_k=1))
 
     assert [o.source for o in outcomes[:-1]] == sources[:-1] and outcomes[-1].source.endswith("bytes>")
     errors = {i: o.error for i, o in enumerate(outcomes) if o.error is not None}

@@ -171,7 +171,7 @@ def client(classifier):
 
 
 def expected(classifier, samples: np.ndarray, k: int) -> list[dict]:
-    return classifier.classify(samples, k)
+    return classifier.classify(samples, top_k=k)
 
 
 def assert_same_predictions(got: list[dict], want: list[dict]) -> None:
@@ -196,7 +196,7 @@ def assert_error(response, status: int, code: str, *words: str) -> str:
 
 def test_the_tiny_model_tells_the_tone_classes_apart(classifier):
     for label in LABELS:
-        assert classifier.classify(clip(label, seed=20), 1)[0]["label"] == label
+        assert classifier.classify(clip(label, seed=20), top_k=1)[0]["label"] == label
 
 
 def test_classify_multipart_matches_the_classifier(client, classifier):
@@ -268,7 +268,7 @@ def test_long_audio_is_scored_in_windows_without_asking_for_segments(client, cla
     body = client.post("/v1/classify", content=wav_bytes(samples)).json()
     assert "segments" not in body
     assert body["predictions"][0]["label"] == "high"
-    assert classifier.classify(samples[:RATE], 1)[0]["label"] == "low"  # what a first-window answer would say
+    assert classifier.classify(samples[:RATE], top_k=1)[0]["label"] == "low"  # what a first-window answer would say
     decoded = sf.read(io.BytesIO(wav_bytes(samples)), dtype="float32")[0]
     assert_same_predictions(body["predictions"], expected(classifier, decoded, 3))
 

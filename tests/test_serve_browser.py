@@ -119,7 +119,7 @@ def wait_for_text(browser, element_id: str) -> str:
 
 def test_page_shows_the_top_label_the_classifier_predicts(server, browser, model_dir, tmp_path):
     clip_path = write_clip(tmp_path / "high tone.wav", class_clip("high", 1.0, RATE, seed=11), RATE)
-    want = load_classifier(model_dir).classify(clip_path, 3)
+    want = load_classifier(model_dir).classify(clip_path, top_k=3)
     assert want[0]["label"] == "high"
 
     browser.get(server)

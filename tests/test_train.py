@@ -116,7 +116,7 @@ def test_pipeline_classifier_and_cli_agree(trained, clips_16k):
 
     for (path, samples), cli_row in zip(clips_16k, cli_rows):
         reference = pipe({"raw": samples, "sampling_rate": 16000}, top_k=None)
-        ours = classifier.classify(samples, top_k_labels=None)
+        ours = classifier.classify(samples, top_k=None)
         for candidate in (ours, cli_row["predictions"]):
             assert candidate[0]["label"] == reference[0]["label"], path
             scores = {p["label"]: p["score"] for p in candidate}

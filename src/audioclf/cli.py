@@ -598,7 +598,7 @@ def demo_command(
     typer.echo("4/4 classifying a few test clips")
     classifier = load_classifier(output)
     paths = [row["path"] for row in test.with_format(None).select(range(0, len(test), max(1, len(test) // 4)))["audio"]][:4]
-    for outcome in classifier.classify_files(paths, top_k_labels=3):
+    for outcome in classifier.classify_files(paths, top_k=3):
         best = outcome.predictions[0]
         typer.echo(f"  {Path(outcome.source).parent.name}/{Path(outcome.source).name}: {best['label']} ({best['score']:.2f})")
     typer.echo(f"\nModel saved to {result.output}. Next:\n"

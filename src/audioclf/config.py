@@ -286,12 +286,12 @@ class ServeSettings:
     max_audio_seconds: float = field(default=600.0, metadata={"help": "Longest clip accepted, in seconds (413 above).",
                                                               "valid": positive()})
     api_key: str | None = field(default=None, metadata={"help": f"Require 'Authorization: Bearer KEY' on /v1/*, "
-                                                                f"/metrics and /openapi.json (/healthz, /readyz and "
-                                                                f"the page stay open). Default: the {API_KEY_ENV} "
-                                                                f"environment variable."})
+                                                                f"/metrics, /openapi.json, /docs and /redoc (/healthz, "
+                                                                f"/readyz and the page stay open). Default: the "
+                                                                f"{API_KEY_ENV} environment variable."})
     open_metrics_and_schema: bool = field(default=False, metadata={
-        "help": "Serve /metrics and /openapi.json without the API key, e.g. to a Prometheus scraper on a private "
-                "network. Without --api-key everything is open anyway."})
+        "help": "Serve /metrics, /openapi.json and the docs pages on it (/docs, /redoc) without the API key, e.g. to "
+                "a Prometheus scraper on a private network. Without --api-key everything is open anyway."})
     cors_origins: tuple[str, ...] = field(default=(), metadata={"help": "Origin allowed to call the API from other "
                                                                         "web pages (repeatable); none by default."})
     top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": "Labels returned when a request gives no top_k.",

@@ -26,7 +26,8 @@ from typing import Protocol
 
 import numpy as np
 
-from audioclf.audio import AudioSource, describe_source, header_info, load_audio, stream_audio
+from audioclf.audio import (MAX_SAMPLING_RATE, MIN_SAMPLING_RATE, AudioSource, describe_source, header_info,
+                            load_audio, resample, stream_audio)
 from audioclf.config import BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_TOP_K
 from audioclf.errors import AudioLoadError, ConfigError, ModelError
 from audioclf.features import NumpyFeatures, WindowPlan, whisper_window_seconds
@@ -138,6 +139,22 @@ class TorchBackend:
         inputs = {name: value.to(device) for name, value in self.featurizer(list(clips)).items()}
         with self._torch.inference_mode():
             return self.model(**inputs).logits.float().cpu().numpy()
+
+    def embeddings(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """The encoder's output that the head reads (the projector's input: the last layer's hidden states, or their
+        learned weighted sum), averaged over time, shape (len(clips), hidden_size). Every frame counts, so clips
+        batched together must not be padded (Whisper's are padded to its window alone, which its head reads too)."""
+        projector = getattr(self.model, "projector", None)
+        if projector is None:
+            raise ModelError(f"embed: {self.model.config.model_type} models have no pooled encoder output to give "
+                             "(supported: the wav2vec2 family and Whisper)")
+        pooled: list = []
+        hook = projector.register_forward_hook(lambda module, inputs, output: pooled.append(inputs[0].mean(dim=1)))
+        try:
+            self.logits(clips)
+        finally:
+            hook.remove()
+        return pooled[0].float().cpu().numpy()
 
 
 class OnnxBackend:
@@ -290,10 +307,7 @@ class Classifier:
         Windows are batched by length. Models that take no attention mask are only batched with windows of exactly
         the same length, because zero padding would change their outputs.
         """
-        longest = max((len(w) for w in windows), default=0)
-        if longest > self.plan.window_samples:
-            raise ValueError(f"a window of {longest} samples is longer than the plan's {self.plan.window_samples}; "
-                             f"score recordings with Classifier.score or score_clips")
+        self._check_windows(windows)
         result = np.zeros((len(windows), len(self.id2label)), dtype=np.float32)
         backend = self.backend
         equal_only = not backend.fixed_window and not backend.uses_attention_mask
@@ -303,15 +317,66 @@ class Classifier:
 
     # -- conveniences on top of it --
 
-    def classify(self, clip: np.ndarray | AudioSource, top_k_labels: int | None = DEFAULT_TOP_K) -> list[dict]:
-        """Top-k predictions for one clip or recording (see `score`)."""
-        return self.score(clip).predictions(self.id2label, top_k_labels)
+    def classify(self, clip: np.ndarray | AudioSource, *, sampling_rate: int | None = None,
+                 top_k: int | None = DEFAULT_TOP_K) -> list[dict]:
+        """The `top_k` most likely labels (all with None) of one clip or recording, `[{"label", "score"}]` highest
+        first, as `pipeline("audio-classification")` gives them. `clip` is a path, encoded bytes, or a 1-D array of
+        samples at `sampling_rate` (default: the model's; another is resampled). See `score`."""
+        return self.score(self._samples(clip, sampling_rate)).predictions(self.id2label, top_k)
 
-    def segments(self, clip: np.ndarray | AudioSource, top_k_labels: int | None = DEFAULT_TOP_K) -> list[dict]:
+    def classify_batch(self, clips: Iterable[np.ndarray | AudioSource], *, sampling_rate: int | None = None,
+                       top_k: int | None = DEFAULT_TOP_K) -> list[list[dict]]:
+        """`classify` for several clips, in order: arrays (all at `sampling_rate`) scored together in one batched
+        pass, paths and bytes decoded ahead and batched by length as `classify_files` does. A file that cannot be
+        decoded raises its AudioLoadError."""
+        return [scores.predictions(self.id2label, top_k) for scores in self._scores(clips, sampling_rate)]
+
+    def segments(self, clip: np.ndarray | AudioSource, *, sampling_rate: int | None = None,
+                 top_k: int | None = DEFAULT_TOP_K) -> list[dict]:
         """Per-window predictions `[{"start_seconds", "end_seconds", "predictions"}]`, one for a short clip."""
-        return self.score(clip).segments(self.id2label, top_k_labels)
+        return self.score(self._samples(clip, sampling_rate)).segments(self.id2label, top_k)
 
-    def classify_files(self, sources: Iterable[AudioSource], top_k_labels: int | None = DEFAULT_TOP_K,
+    def embed(self, clip: np.ndarray | AudioSource, *, sampling_rate: int | None = None) -> np.ndarray:
+        """The pooled encoder output of one clip or recording, shape (hidden_size,), as SpeechBrain's `encode_batch`
+        gives an utterance embedding: what the head reads, averaged over time and, for a recording longer than the
+        model's window, over the same windows `score` cuts. Needs the torch backend."""
+        clip = self._samples(clip, sampling_rate)
+        if isinstance(clip, np.ndarray):
+            return self.embed_batch([clip])[0]
+        name = describe_source(clip)
+        _, rows = self._stream_rows(self.plan.stream(stream_audio(clip, self.sampling_rate, name)),
+                                    self.window_embeddings)
+        return rows.mean(axis=0)
+
+    def embed_batch(self, clips: Iterable[np.ndarray | AudioSource], *,
+                    sampling_rate: int | None = None) -> np.ndarray:
+        """`embed` for several clips, shape (len(clips), hidden_size); arrays' windows run in one batched pass."""
+        clips = [self._samples(clip, sampling_rate) for clip in clips]
+        arrays = [i for i, clip in enumerate(clips) if isinstance(clip, np.ndarray)]
+        cuts = [self.plan.cut(clips[i]) for i in arrays]
+        windows = [window for _, clip_windows in cuts for window in clip_windows]
+        rows = self.window_embeddings(windows) if windows else np.zeros((0, 0), dtype=np.float32)
+        bounds = np.cumsum([0] + [len(spans) for spans, _ in cuts])
+        embedded = {i: rows[a:b].mean(axis=0) for i, a, b in zip(arrays, bounds[:-1], bounds[1:])}
+        embedded.update({i: self.embed(clip) for i, clip in enumerate(clips) if i not in embedded})
+        return np.stack([embedded[i] for i in range(len(clips))]) if clips else np.zeros((0, 0), dtype=np.float32)
+
+    def window_embeddings(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        """Pooled encoder outputs, shape (len(windows), hidden_size), of windows at most one window long (as
+        `window_probabilities` takes them). Batched by length, only equal lengths together where a model has no
+        fixed window: the mean is over every frame, so padding would change it."""
+        embeddings = getattr(self.backend, "embeddings", None)
+        if embeddings is None:
+            raise ModelError(f"embed: the {self.backend.kind} backend gives only the model's logits; load the model "
+                             "directory with backend='torch'")
+        self._check_windows(windows)
+        fixed = self.backend.fixed_window
+        rows: dict[int, np.ndarray] = {}
+        for batch in plan_batches([len(w) for w in windows], self.batch_size, not fixed, fixed):
+            rows.update(zip(batch, embeddings([windows[i] for i in batch])))
+        return np.stack([rows[i] for i in range(len(windows))])
+
+    def classify_files(self, sources: Iterable[AudioSource], top_k: int | None = DEFAULT_TOP_K,
                        segments: bool = False) -> Iterator[Outcome]:
         """Score paths or bytes in order, decoding ahead in a thread pool and batching clips of similar length.
         An unreadable one yields its error and the rest go on. With `segments`, outcomes carry per-window ones."""
@@ -330,9 +395,42 @@ class Classifier:
                 if not pending:
                     return
                 chunk, pending = pending[:chunk_size], pending[chunk_size:]
-                yield from self._score_chunk([f.result() for f in chunk], top_k_labels, segments)
+                yield from self._score_chunk([f.result() for f in chunk], top_k, segments)
 
     # -- internals --
+
+    def _samples(self, clip: np.ndarray | AudioSource, sampling_rate: int | None) -> np.ndarray | AudioSource:
+        """A path or bytes as they are; a 1-D array of samples at `sampling_rate` resampled to the model's rate."""
+        if not isinstance(clip, np.ndarray):
+            if sampling_rate is not None:
+                raise ConfigError(f"sampling_rate={sampling_rate}: only for arrays of samples; a file's own rate is "
+                                  f"read from it ({describe_source(clip)})")
+            return clip
+        if clip.ndim != 1:
+            raise ConfigError(f"a clip is a 1-D array of mono samples; got one shaped {clip.shape} (average the "
+                              "channels first, e.g. audioclf.audio.to_mono)")
+        rate = self.sampling_rate if sampling_rate is None else int(sampling_rate)
+        if not MIN_SAMPLING_RATE <= rate <= MAX_SAMPLING_RATE:
+            raise ConfigError(f"sampling_rate={sampling_rate}: must be {MIN_SAMPLING_RATE}-{MAX_SAMPLING_RATE} Hz")
+        return resample(clip.astype(np.float32, copy=False), rate, self.sampling_rate)
+
+    def _scores(self, clips: Iterable[np.ndarray | AudioSource], sampling_rate: int | None) -> list[ClipScores]:
+        """The ClipScores of each clip, in order: arrays through `score_clips`, files through `classify_files`."""
+        clips = [self._samples(clip, sampling_rate) for clip in clips]
+        arrays = [i for i, clip in enumerate(clips) if isinstance(clip, np.ndarray)]
+        files = [i for i, clip in enumerate(clips) if not isinstance(clip, np.ndarray)]
+        scores = dict(zip(arrays, self.score_clips([clips[i] for i in arrays])))
+        for i, outcome in zip(files, self.classify_files([clips[i] for i in files], top_k=None)):
+            if outcome.scores is None:
+                raise AudioLoadError(outcome.source, outcome.error)
+            scores[i] = outcome.scores
+        return [scores[i] for i in range(len(clips))]
+
+    def _check_windows(self, windows: Sequence[np.ndarray]) -> None:
+        longest = max((len(w) for w in windows), default=0)
+        if longest > self.plan.window_samples:
+            raise ValueError(f"a window of {longest} samples is longer than the plan's {self.plan.window_samples}; "
+                             f"score recordings with Classifier.score or score_clips")
 
     def _decode(self, source: AudioSource) -> _Decoded:
         name = describe_source(source)
@@ -363,11 +461,17 @@ class Classifier:
                 outcome = Outcome(d.name, predictions=scores.predictions(self.id2label, k),
                                   segments=scores.segments(self.id2label, k) if segments else None, scores=scores)
             except ModelError as e:  # non-finite scores: this file's error, not the end of the run
-                outcome = Outcome(d.name, error=str(e))
+                outcome = Outcome(d.name, error=str(e), scores=scores)
             yield outcome
 
     def _score_stream(self, windows: Iterator[tuple[int, np.ndarray]]) -> ClipScores:
         """Windows of a stream, scored a batch at a time as they arrive; only their probabilities are kept."""
+        return self.combine(*self._stream_rows(windows, self.window_probabilities))
+
+    def _stream_rows(self, windows: Iterator[tuple[int, np.ndarray]], rows_of) -> tuple[list[tuple[int, int]],
+                                                                                        np.ndarray]:
+        """The spans of a stream's windows and `rows_of` them (window_probabilities or window_embeddings), run a
+        batch at a time as the windows arrive, so only one batch of samples is held."""
         spans: list[tuple[int, int]] = []
         parts: list[np.ndarray] = []
         batch: list[np.ndarray] = []
@@ -375,11 +479,11 @@ class Classifier:
             spans.append((start, start + len(samples)))
             batch.append(samples)
             if len(batch) == self.batch_size:
-                parts.append(self.window_probabilities(batch))
+                parts.append(rows_of(batch))
                 batch = []
         if batch:
-            parts.append(self.window_probabilities(batch))
-        return self.combine(spans, np.concatenate(parts))
+            parts.append(rows_of(batch))
+        return spans, np.concatenate(parts)
 
 
 def trained_window_seconds(model_dir: Path) -> float | None:
