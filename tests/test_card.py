@@ -118,7 +118,7 @@ def test_a_hub_base_model_and_hub_data_are_named_in_the_metadata(model_dir, tmp_
     assert metadata["datasets"] == ["PolyAI/minds14"]
     result = ModelCard.load(directory / "README.md").data.eval_results[0]
     assert (result.dataset_type, result.dataset_name) == ("PolyAI/minds14", "PolyAI/minds14")
-    assert "fine-tuned from `facebook/wav2vec2-base`" in ModelCard.load(directory / "README.md").text
+    assert "fine-tuned from `facebook/wav2vec2-base` with audioclf." in ModelCard.load(directory / "README.md").text
 
 
 def test_a_local_base_checkpoint_passes_on_its_base_model_and_license(model_dir, tmp_path):
@@ -133,7 +133,19 @@ def test_a_local_base_checkpoint_passes_on_its_base_model_and_license(model_dir,
 
     metadata = metadata_load(directory / "README.md")
     assert metadata["base_model"] == "openai/whisper-tiny.en" and metadata["license"] == "apache-2.0"
-    assert "fine-tuned from `whisper-tiny.en`" in ModelCard.load(directory / "README.md").text
+    assert ("fine-tuned from `openai/whisper-tiny.en` (the local checkpoint `whisper-tiny.en`) with audioclf."
+            in ModelCard.load(directory / "README.md").text)
+
+
+def test_a_base_checkpoint_card_the_hub_parser_refuses_is_ignored(model_dir, tmp_path):
+    base = tmp_path / "someones-checkpoint"
+    base.mkdir()
+    (base / "README.md").write_text("---\nbase_model: [unclosed\n---\n")
+    directory = _copy(model_dir, tmp_path)
+    _edit_json(directory / "train_config.json", lambda c: c["model"].update(model=str(base), model_config=None))
+    card.write_card(directory)
+    assert "base_model" not in metadata_load(directory / "README.md")
+    assert "fine-tuned from `someones-checkpoint` with audioclf." in ModelCard.load(directory / "README.md").text
 
 
 def test_the_demo_data_card_says_its_voices_are_synthetic(model_dir, tmp_path):

@@ -19,7 +19,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from audioclf import files
 from audioclf.config import DEFAULT_HOP_FRACTION, DEFAULT_WINDOW_SECONDS, DataSpec, ModelOptions, resolve_options
-from audioclf.errors import ModelError
+from audioclf.errors import ConfigError, ModelError
 from audioclf.features import inference_window_seconds, whisper_window_seconds
 from audioclf.files import (CARD_FILE, CONFUSION_PLOT_FILE, EXPORT_RECORD_FILE, METRICS_FILE, MODEL_CONFIG_FILE,
                             PREPROCESSOR_CONFIG_FILE, TRAIN_CONFIG_FILE)
@@ -136,22 +136,27 @@ def _base_model(facts: dict) -> str | None:
     model = (facts["run"].get("model") or {}).get("model")
     if not model:
         return None
-    path = Path(model).expanduser()
-    if not path.exists():
+    if not Path(model).expanduser().exists():
         return model if "/" in model else None  # the Hub's base_model must be owner/name
-    if (path / CARD_FILE).is_file():
-        base = ModelCard.load(path / CARD_FILE).data.to_dict().get("base_model")
-        if isinstance(base, str):
-            return base
-    return None
+    base = _base_card(model).get("base_model")
+    return base if isinstance(base, str) else None
 
 
 def _license(facts: dict) -> str | None:
-    """The license of a local base checkpoint's card, which a fine-tuned model inherits; None where unknown."""
+    """The license a local base checkpoint's card gives, which a model fine-tuned from it keeps; None where unknown."""
     model = (facts["run"].get("model") or {}).get("model")
-    if model and (Path(model).expanduser() / CARD_FILE).is_file():
-        return ModelCard.load(Path(model).expanduser() / CARD_FILE).data.to_dict().get("license")
-    return None
+    license_ = _base_card(model).get("license") if model else None
+    return license_ if isinstance(license_, str) else None
+
+
+def _base_card(model: str) -> dict:
+    """The metadata of a local checkpoint's own card; empty where it has none or one the Hub's parser refuses
+    (someone else's file: it must not fail a training run at its end)."""
+    path = Path(model).expanduser() / CARD_FILE
+    try:
+        return ModelCard.load(path).data.to_dict() if path.is_file() else {}
+    except Exception:  # huggingface_hub raises YAML, value and OS errors alike
+        return {}
 
 
 def _is_demo(facts: dict) -> bool:
@@ -210,18 +215,16 @@ def _metadata(facts: dict) -> ModelCardData:
 def _title(facts: dict) -> str:
     run, export = facts["run"], facts["export"]
     model = run.get("model") or {}
-    labels = facts["labels"]
-    origin = (f"fine-tuned from `{_shown_model(model['model'])}`" if model.get("model") else
-              f"trained from scratch (`--model-config {model['model_config']}`)" if model.get("model_config") else
-              "")
-    mode = (run.get("train") or {}).get("mode")
-    how = {"probe": " with its encoder frozen (probe mode: only the head was trained)",
-           "full": ""}.get(mode, "")
-    lines = [f"# {facts['name']}", ""]
-    what = f"A {facts['config'].get('model_type', 'audio')} audio classifier of {len(labels)} labels"
-    if run:
-        what += f", {origin}{how} with [audioclf](https://pypi.org/project/audioclf/)" if origin else ", made by audioclf"
-    lines.append(what + ".")
+    what = f"A {facts['config'].get('model_type', 'audio')} audio classifier of {len(facts['labels'])} labels"
+    if model.get("model"):
+        base, shown = _base_model(facts), _shown_model(model["model"])
+        named = f"`{base}` (the local checkpoint `{shown}`)" if base and base != shown else f"`{shown}`"
+        probe = (run.get("train") or {}).get("mode") == "probe"
+        what += (f", a head trained on the frozen encoder of {named} (probe mode)" if probe else
+                 f", fine-tuned from {named}")
+    elif model.get("model_config"):
+        what += f", trained from scratch (`--model-config {model['model_config']}`)"
+    lines = [f"# {facts['name']}", "", what + (" with audioclf." if run else ".")]
     if export is not None:
         quantized = " with int8 matrix products" if export.get("quantize") else ""
         lines += ["", f"This is its ONNX export{quantized} (opset {export.get('opset')}) for ONNX Runtime: "
@@ -339,7 +342,7 @@ def _changed_options(run: dict) -> list[tuple[str, object, object]]:
     train = run.get("train") or {}
     try:
         preset = asdict(resolve_options(train.get("preset", "default"), {}))
-    except Exception:  # a preset this version does not know: compare with nothing
+    except ConfigError:  # a preset this version does not know: compare with nothing
         preset = {}
     for name, value in train.items():
         if name != "preset" and name in preset and preset[name] != value:
@@ -439,7 +442,7 @@ def _usage(facts: dict) -> str:
                   "from transformers import pipeline", "",
                   f'classifier = pipeline("audio-classification", model="{name}")',
                   'classifier("clip.wav")  # [{"label": ..., "score": ...}, ...], highest first', "```", ""]
-    lines += ["With audioclf (`pip install audioclf`), which scores long recordings in windows:", "", "```bash",
+    lines += ["With audioclf, which scores long recordings in windows:", "", "```bash",
               f"audioclf predict {name} clip.wav --top-k 3", f"audioclf serve {name}  # HTTP, with /docs", "```", "",
               "```python", "import audioclf", "", f'classifier = audioclf.load_classifier("{name}")',
               'classifier.classify("clip.wav", top_k=3)', "```"]
