@@ -184,6 +184,16 @@ def test_update_card_needs_a_directory_audioclf_trained(model_dir, manifest, tmp
     assert result.output.startswith("error: --update-card:") and "metrics.json" in result.output
 
 
+def test_update_card_checks_the_card_can_be_written_before_the_work(model_dir, manifest, tmp_path):
+    directory = _copy(model_dir, tmp_path)
+    (directory / "README.md").unlink()
+    (directory / "README.md").symlink_to(tmp_path / "elsewhere.md")  # audioclf replaces no link
+    before = (directory / "metrics.json").read_text()
+    result = runner.invoke(app, ["evaluate", str(directory), "--data", str(manifest), "-q", "--update-card"])
+    assert result.exit_code == 1 and result.output.startswith("error: --update-card ")
+    assert "symbolic link" in result.output and (directory / "metrics.json").read_text() == before
+
+
 def test_an_onnx_export_carries_a_card_of_its_own(model_dir, tmp_path):
     from audioclf.export import export_onnx
 

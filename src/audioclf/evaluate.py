@@ -22,7 +22,8 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 
 from audioclf import files
 from audioclf.errors import ConfigError, DataError, ModelError
-from audioclf.files import CONFUSION_PLOT_FILE, METRICS_FILE, MISCLASSIFIED_FILE, PREDICTIONS_FILE, TRAIN_CONFIG_FILE
+from audioclf.files import (CARD_FILE, CONFUSION_PLOT_FILE, METRICS_FILE, MISCLASSIFIED_FILE, PREDICTIONS_FILE,
+                            TRAIN_CONFIG_FILE)
 
 TOP_K = 3  # alternatives listed for each misclassified clip
 CONFUSION_PLOT_DPI = 120
@@ -273,6 +274,9 @@ def evaluate_model(model_dir: str | Path, spec, split: str | None = None, progre
     if update_card and not (Path(model_dir) / METRICS_FILE).is_file():
         raise ConfigError(f"--update-card: {model_dir} is not a model directory audioclf trained (it has no "
                           f"{METRICS_FILE}), so it has no card to update")
+    if update_card:  # before the work, as every output is checked
+        files.check_writable_output(model_dir, "--update-card", "into",
+                                    inside=(METRICS_FILE, CARD_FILE, CONFUSION_PLOT_FILE))
     classifier = load_classifier(model_dir, **classifier_options)
     clips, dataset, split = evaluation_clips(model_dir, spec, split, progress)
     report = evaluate_clips(classifier, clips, dataset, progress=progress)
