@@ -148,6 +148,18 @@ def test_a_base_checkpoint_card_the_hub_parser_refuses_is_ignored(model_dir, tmp
     assert "fine-tuned from `someones-checkpoint` with audioclf." in ModelCard.load(directory / "README.md").text
 
 
+def test_a_probe_run_says_what_its_validation_clips_chose(model_dir, tmp_path):
+    directory = _copy(model_dir, tmp_path)
+    _edit_json(directory / "train_config.json", lambda c: (c["train"].update(mode="probe"),
+                                                           c["model"].update(model="someone/encoder", model_config=None)))
+    _edit_json(directory / "metrics.json", lambda m: m.update(probe={"mixture": "layer 2", "strength": 0.3}))
+    card.write_card(directory)
+    text = ModelCard.load(directory / "README.md").text
+    assert "a head trained in probe mode on the frozen encoder of `someone/encoder`" in text
+    assert "were held out to choose the head's layers and L2 strength" in text
+    assert "(layer 2, L2 strength C=0.3)" in text and "| `mode` | `probe` | `full` |" in text
+
+
 def test_the_demo_data_card_says_its_voices_are_synthetic(model_dir, tmp_path):
     directory = _copy(model_dir, tmp_path)
     _edit_json(directory / "metrics.json", lambda m: m["data"].update(source=str(DEMO_MANIFEST)))

@@ -220,7 +220,7 @@ def _title(facts: dict) -> str:
         base, shown = _base_model(facts), _shown_model(model["model"])
         named = f"`{base}` (the local checkpoint `{shown}`)" if base and base != shown else f"`{shown}`"
         probe = (run.get("train") or {}).get("mode") == "probe"
-        what += (f", a head trained on the frozen encoder of {named} (probe mode)" if probe else
+        what += (f", a head trained in probe mode on the frozen encoder of {named}" if probe else
                  f", fine-tuned from {named}")
     elif model.get("model_config"):
         what += f", trained from scratch (`--model-config {model['model_config']}`)"
@@ -276,8 +276,10 @@ def _data(facts: dict) -> str:
     if "validation" in source_splits:
         lines.append("Early stopping and the best epoch were decided on the source's validation split.")
     elif train.get("validation_size", 0) > 0:
-        lines.append(f"{train['validation_size']:.0%} of the training clips were held out to pick the best epoch"
-                     + (f" (no `{group}` on both sides)." if group else "."))
+        purpose = ("to choose the head's layers and L2 strength (the final head was then fitted on them too)"
+                   if train.get("mode") == "probe" else "to pick the best epoch")
+        lines.append(f"{train['validation_size']:.0%} of the training clips"
+                     + (f", no `{group}` on both sides," if group else "") + f" were held out {purpose}.")
     elif train:
         lines.append("The best epoch was picked on the test clips, as the transformers guide does, so the test "
                      "figures are optimistic.")
@@ -398,7 +400,9 @@ def _results(facts: dict) -> str:
     lines += ["", f"![Confusion matrix: true labels down, predicted across]({CONFUSION_PLOT_FILE})"]
     validation = facts["metrics"].get("validation")
     if validation and "accuracy" in validation:
-        lines += ["", f"Validation accuracy (the clips that picked the best epoch): {validation['accuracy']:.4f}."]
+        which = ("the clips that chose the head, before it was fitted on them" if facts["metrics"].get("probe") else
+                 "the clips that picked the best epoch")
+        lines += ["", f"Validation accuracy ({which}): {validation['accuracy']:.4f}."]
     if evaluation and facts["metrics"].get("test"):
         test = facts["metrics"]["test"]
         lines += ["", f"The training run's own test figures: accuracy {test['accuracy']:.4f}, macro-F1 "
@@ -414,7 +418,7 @@ def _window(facts: dict) -> str:
     window = inference_window_seconds(fixed, trained)
     hop = window * DEFAULT_HOP_FRACTION
     if fixed is not None:
-        why = f"Whisper's input window, cut to the {fixed:g} s clips it was trained on"
+        why = f"Whisper's input window, cut to the {fixed:g} s it was trained on"
     elif trained and trained > DEFAULT_WINDOW_SECONDS:
         why = f"its training window ({trained:g} s), longer than audioclf's {DEFAULT_WINDOW_SECONDS:g} s default"
     else:
