@@ -45,7 +45,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from audioclf.audio import MAX_CHANNELS, MAX_SAMPLING_RATE, MIN_SAMPLING_RATE, load_audio
 from audioclf.config import BYTES_PER_KB, SEGMENTS_ALIASES, SEGMENTS_HELP, SEGMENTS_OPTION, ServeSettings
-from audioclf.errors import (AudioLoadError, AudioTooLargeError, AudioTooLongError, ConfigError,
+from audioclf.errors import (AudioLoadError, AudioTooLargeError, AudioTooLongError,
                              UnsupportedAudioError)
 from audioclf.features import WindowPlan
 from audioclf.infer import ClipScores
