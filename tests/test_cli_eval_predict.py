@@ -179,3 +179,16 @@ def test_predict_text_output_puts_errors_on_stderr(model_dir, clip_dir):
     assert result.stderr.strip() == "error: clips/missing.wav: file not found"
     (line,) = result.stdout.splitlines()
     assert line.startswith("clips/high.wav: ") and len(line.split(", ")) == 2
+
+
+@pytest.mark.parametrize("command", [["predict"], ["evaluate"], ["export", "onnx"]])
+def test_a_mistyped_model_folder_is_named_as_typed_at_once(command, model_dir, clip_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(model_dir.parent)  # holds `model`; `modl` is a typo of it, not a Hub id
+    monkeypatch.setattr("audioclf.hub.unreachable_reason", lambda: pytest.fail("a local typo went to the Hub"))
+    rest = {"predict": [str(clip_dir / "clips" / "low.wav")], "evaluate": ["--data", str(clip_dir / "clips")],
+            "export": [str(tmp_path / "onnx")]}[command[0]]
+
+    result = runner.invoke(app, [*command, "modl", *rest])
+
+    assert result.exit_code == 1
+    assert result.stderr == "error: MODEL_DIR 'modl': no such folder; did you mean 'model'?\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import huggingface_hub
 import huggingface_hub.constants
 import numpy as np
 import pytest
@@ -156,8 +157,46 @@ def test_invalid_config_file_is_a_config_error(tmp_path):
 def test_load_model_on_a_missing_directory(tmp_path):
     missing = tmp_path / "no-model-here"
 
-    with pytest.raises(ModelError, match="no such directory"):
+    with pytest.raises(ModelError, match="no such folder"):
         load_model(str(missing), LABELS)
+
+
+@pytest.mark.parametrize("typed", ["demo-modl", "./demo-modl", "models/demo-modl", "a/b/c"])
+def test_a_reference_that_can_only_be_a_missing_folder_is_named_at_once(typed, tmp_path, monkeypatch):
+    # a bare name is a folder unless the Hub cache has it (a Hub id is owner/name); `models/` exists here
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo-model").mkdir()
+    (tmp_path / "models" / "demo-model").mkdir(parents=True)
+    monkeypatch.setattr("audioclf.hub.unreachable_reason", lambda: pytest.fail("no Hub request for a local path"))
+
+    with pytest.raises(ModelError) as error:
+        load_model(typed, LABELS, argument="MODEL_DIR")
+
+    near = {"demo-modl": "demo-model", "./demo-modl": "demo-model", "models/demo-modl": "models/demo-model"}
+    expected = f"MODEL_DIR {typed!r}: no such folder" + (f"; did you mean {near[typed]!r}?" if typed in near else "")
+    assert str(error.value) == expected
+
+
+def test_a_bare_name_in_the_hub_cache_is_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo_id, filename: str(tmp_path / filename))
+    from audioclf.model import check_model_reference
+
+    assert check_model_reference("superb-model") is False
+
+
+def test_a_hub_id_while_the_hub_is_unreachable_fails_at_once(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("audioclf.hub.unreachable_reason", lambda: "ConnectError: no route")
+    monkeypatch.setattr("transformers.AutoFeatureExtractor.from_pretrained",
+                        lambda *a, **k: pytest.fail("no download after the Hub was found unreachable"))
+
+    with pytest.raises(ModelError) as error:
+        load_model("owner/audio-model", LABELS)
+
+    assert str(error.value) == ("--model 'owner/audio-model': not a folder here, and as a Hub id it cannot be "
+                                "downloaded: the Hub cannot be reached (ConnectError: no route) and the local cache "
+                                "does not hold it")
 
 
 def test_load_model_on_an_unknown_hub_id_offline_fails_fast(monkeypatch):

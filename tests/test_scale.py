@@ -189,6 +189,7 @@ def test_cli_process_joins_a_running_cluster_with_ray_address(ray_session, model
         capture_output=True, text=True, timeout=300)
 
     assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no Ray start-up or actor notes: they are about Ray, not the run
     rows = _rows(out)
     assert [row["path"] for row in rows] == [str(p) for p in clips]
     _assert_same_as_local(rows, local_predict)

@@ -7,9 +7,10 @@ Light at import, as the package must be: everything heavy is imported inside the
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
+
+from audioclf.logs import quiet_libraries
 
 
 def train(data: str | os.PathLike, model: str | os.PathLike | None, output: str | os.PathLike, *,
@@ -26,7 +27,7 @@ def train(data: str | os.PathLike, model: str | os.PathLike | None, output: str 
     if model is not None:
         values["model"] = os.fspath(model)
     run = resolve_run(values)
-    with _quiet(not progress):
+    with quiet_libraries(not progress):
         return run_training(run.data, run.model, run.train, Path(output), overwrite=overwrite, resume=resume,
                             progress=progress, echo=print if progress else _silent)
 
@@ -50,31 +51,10 @@ def evaluate(model_dir: str | os.PathLike, data: str | os.PathLike, *, split: st
     from audioclf.config import DataSpec
     from audioclf.evaluate import evaluate_model
 
-    with _quiet(not progress):
+    with quiet_libraries(not progress):
         return evaluate_model(model_dir, DataSpec(data=os.fspath(data), **options), split, progress=progress,
                               update_card=update_card)
 
 
 def _silent(line: str) -> None:
     pass
-
-
-@contextlib.contextmanager
-def _quiet(quiet: bool):
-    """With `quiet`, datasets' progress bars and transformers' log lines are off while the block runs."""
-    if not quiet:
-        yield
-        return
-    import datasets
-    import transformers
-
-    bars = datasets.utils.logging.is_progress_bar_enabled()
-    verbosity = transformers.logging.get_verbosity()
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        if bars:
-            datasets.enable_progress_bars()

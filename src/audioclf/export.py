@@ -72,7 +72,7 @@ def export_onnx(model_dir: str | Path, output: str | Path, quantize: str | None 
     output = Path(output)
     check_quantize(quantize)
     files.check_writable_output(output, "OUT", "folder", overwrite=overwrite)
-    bundle = load_model(str(model_dir))
+    bundle = load_model(str(model_dir), argument="MODEL_DIR")
     if bundle.model_type != "whisper" and bundle.model_type not in WAV2VEC2_FAMILY:
         raise ConfigError(f"export onnx: {bundle.model_type} models are not supported; "
                           f"supported: whisper, {', '.join(WAV2VEC2_FAMILY)}")

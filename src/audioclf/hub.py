@@ -18,6 +18,7 @@ from audioclf.files import CARD_FILE, METRICS_FILE, MODEL_CONFIG_FILE, ONNX_MODE
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", ONNX_MODEL_FILE)  # one of them makes a directory a model
 HIDDEN = [".*", "*/.*"]  # upload_folder patterns (fnmatch on paths in the folder): temporary and hidden files stay
 DEFAULT_COMMIT_MESSAGE = "Upload audioclf model"
+PROBE_TIMEOUT_SECONDS = 5.0  # one quick request before a download, whose own retries take ~50 s when offline
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,20 @@ class PushResult:
     revision: str
     commit_url: str
     files: tuple[str, ...]
+
+
+def unreachable_reason() -> str | None:
+    """Why the Hub cannot be reached, or None; None in offline mode too, where downloads come from the local cache.
+    The one check before loading a Hub model or dataset, so that no Hub id waits through the libraries' retries."""
+    import huggingface_hub
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        huggingface_hub.utils.get_session().head(huggingface_hub.constants.ENDPOINT, timeout=PROBE_TIMEOUT_SECONDS)
+    except Exception as e:  # any transport failure means the same thing here
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def check_access():

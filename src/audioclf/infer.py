@@ -521,6 +521,6 @@ def load_classifier(model_dir: str | Path, batch_size: int = DEFAULT_BATCH_SIZE,
     else:
         from audioclf.model import load_model
 
-        model = TorchBackend(load_model(str(model_dir)), threads)
+        model = TorchBackend(load_model(str(model_dir), argument="MODEL_DIR"), threads)
     return Classifier(model, name=Path(str(model_dir)).name, batch_size=batch_size, window_seconds=window_seconds,
                       hop_seconds=hop_seconds, trained_window_seconds=trained_window_seconds(Path(model_dir)))

@@ -154,16 +154,52 @@ def build_model(model_config: str, labels: list[str], seed: int = 42, weighted_l
     return ModelBundle(model, feature_extractor_for(config))
 
 
-def check_model_reference(model: str) -> bool:
-    """Whether `model` is a local directory; a path that does not exist, or a directory whose config.json or weights
-    are damaged, is a ModelError, before any work. Anything else is taken for a Hub id."""
-    if Path(model).exists():
-        if Path(model).is_dir():
-            _check_checkpoint_files(Path(model))
+def check_model_reference(model: str, argument: str = "--model") -> bool:
+    """Whether `model` is a local directory (True) or a Hub id (False). A directory whose config.json or weights are
+    damaged is a ModelError before any work, and so is a reference that can only be a local path and names nothing:
+    one that starts with `.`, `/` or `~`, has more than one `/`, or starts with a folder that exists here, and a bare
+    name (`demo-modl`) that no cached Hub model has, since a Hub id is `owner/name`. A Hub id while the Hub cannot be
+    reached is an error at once, unless the local cache holds it. `argument` names it in messages as the user gave
+    it (`--model`, `MODEL_DIR`)."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if path.is_dir():
+            _check_checkpoint_files(path)
         return True
-    if model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelError(f"--model {model!r}: no such directory")
+    first = Path(model).parts[0] if Path(model).parts else model
+    cached = _in_hub_cache(model)
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or ("/" in model and Path(first).is_dir()) or (
+            "/" not in model and not cached):
+        raise ModelError(f"{argument} {model!r}: no such folder{_near_names(path)}")
+    if not cached:
+        from audioclf.hub import unreachable_reason
+
+        unreachable = unreachable_reason()
+        if unreachable:
+            raise ModelError(f"{argument} {model!r}: not a folder here, and as a Hub id it cannot be downloaded: the "
+                             f"Hub cannot be reached ({unreachable}) and the local cache does not hold it")
     return False
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether huggingface_hub's local cache holds this model's config.json (an invalid id is simply not there)."""
+    try:
+        return isinstance(huggingface_hub.try_to_load_from_cache(repo_id, MODEL_CONFIG_FILE), str)
+    except Exception:  # HFValidationError for a name that cannot be a repository id
+        return False
+
+
+def _near_names(path: Path) -> str:
+    """`; did you mean 'demo-model'?` where the folder that holds `path` has a folder of a close name."""
+    import difflib
+
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        folders = [p.name for p in parent.iterdir() if p.is_dir()] if parent.is_dir() else []
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, folders, n=1)
+    return f"; did you mean {str(parent / close[0]) if str(parent) != '.' else close[0]!r}?" if close else ""
 
 
 DAMAGED_HINT = "copy the model directory again, or train it again"
@@ -221,10 +257,12 @@ def _check_head_fits_labels(directory: Path) -> None:
                 return
 
 
-def load_model(model: str, labels: list[str] | None = None, weighted_layer_sum: bool | None = None) -> ModelBundle:
+def load_model(model: str, labels: list[str] | None = None, weighted_layer_sum: bool | None = None,
+               argument: str = "--model") -> ModelBundle:
     """Load a classifier from a local directory or a Hub id. With `labels`, the head is sized and named for
-    them (a new head where the checkpoint's does not fit); without, the checkpoint's own labels are kept."""
-    local = check_model_reference(model)
+    them (a new head where the checkpoint's does not fit); without, the checkpoint's own labels are kept.
+    `argument` names `model` in messages (`--model`, `MODEL_DIR`)."""
+    local = check_model_reference(model, argument)
     if local and labels is None and Path(model).is_dir():
         _check_head_fits_labels(Path(model))
     kwargs: dict = {}
@@ -243,11 +281,11 @@ def load_model(model: str, labels: list[str] | None = None, weighted_layer_sum: 
             where = "Hub id: offline (HF_HUB_OFFLINE) and not in the local cache"
         else:
             where = "Hub id (is the Hub reachable? set HF_HUB_OFFLINE=1 to work offline)"
-        raise ModelError(f"--model {model!r}: cannot load it as a {where}: {str(e).splitlines()[0]}") from e
+        raise ModelError(f"{argument} {model!r}: cannot load it as a {where}: {str(e).splitlines()[0]}") from e
     except ValueError as e:
-        raise ModelError(f"--model {model!r}: not an audio-classification checkpoint ({str(e).splitlines()[0]})") from e
+        raise ModelError(f"{argument} {model!r}: not an audio-classification checkpoint ({str(e).splitlines()[0]})") from e
     except Exception as e:  # anything else a damaged checkpoint makes transformers or torch raise
-        raise ModelError(f"--model {model!r}: cannot load it ({type(e).__name__}: "
+        raise ModelError(f"{argument} {model!r}: cannot load it ({type(e).__name__}: "
                          f"{(str(e).splitlines() or [''])[0]}); {DAMAGED_HINT}") from e
     return ModelBundle(classifier, feature_extractor)
 

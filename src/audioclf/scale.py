@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import os
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -344,14 +345,20 @@ def _map_actors(dataset, model_dir, top_k, concurrency: int, threads: int, batch
                 classifier_options: dict):
     import ray
 
-    return dataset.map_batches(
-        _ClassifyBatch,
-        fn_constructor_kwargs={"model_dir": str(model_dir), "top_k": top_k, "threads": threads, **classifier_options},
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
-        num_cpus=num_cpus,
-    )
+    with warnings.catch_warnings():
+        # Ray restarts a failed actor, and warns at every start that it could not do so where the actor's arguments
+        # were lost; max_restarts=0 (Ray's own advice) fails the run with the actor's error instead. Ray >= 2.60 calls
+        # such extra keywords deprecated, with no named parameter for it yet.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        return dataset.map_batches(
+            _ClassifyBatch,
+            fn_constructor_kwargs={"model_dir": str(model_dir), "top_k": top_k, "threads": threads, **classifier_options},
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
+            num_cpus=num_cpus,
+            max_restarts=0,
+        )
 
 
 class _ClassifyBatch:
@@ -431,9 +438,9 @@ def _ray_session(ray, address: str | None):
         yield
         return
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    else:  # its start-up notices (token authentication of a local cluster, ...) are about Ray, not the run
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     try:
         yield
     finally:
