@@ -436,6 +436,59 @@ def test_group_disjoint_split_shares_no_group_and_covers_every_label(tmp_path):
     assert clips.group_column == "speaker"
 
 
+@pytest.mark.parametrize("column", ["speaker", "speaker_id", "client_id", "voice"])
+def test_a_speaker_column_splits_by_speaker_by_default(column, tmp_path):
+    manifest = make_manifest_dataset(tmp_path / "m", labels=LABELS, clips_per_label=10, seconds=0.1, groups=5)
+    rows = list(csv.DictReader(manifest.open()))
+    rows = [{"path": row["path"], "label": row["label"], column: row["speaker"]} for row in rows]
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    found = load(manifest)
+    given = load(manifest, group_column=column)
+
+    assert (found.group_column, found.group_found) == (column, True)
+    assert paths(found.splits["test"]) == paths(given.splits["test"])
+    assert not set(found.splits["train"][column]) & set(found.splits["test"][column])
+    assert found.grouping == f"{column}-disjoint (the {column!r} column, found in the data; --group-column none turns it off)"
+    assert given.grouping == f"{column}-disjoint (the {column!r} column, --group-column)"
+
+
+def test_group_column_none_splits_clip_by_clip(tmp_path):
+    manifest = make_manifest_dataset(tmp_path / "m", labels=LABELS, clips_per_label=10, seconds=0.1, groups=5)
+
+    clips = load(manifest, group_column="none")
+
+    assert clips.group_column is None and not clips.group_found
+    assert set(clips.splits["train"]["speaker"]) & set(clips.splits["test"]["speaker"])  # speakers on both sides
+    assert paths(clips.splits["test"]) == paths(split_dataset(load(manifest, split=False).splits["all"], 0.2, 42,
+                                                              None)["test"])
+
+
+def test_a_found_column_with_one_speaker_is_not_used(tmp_path):
+    manifest = make_manifest_dataset(tmp_path / "m", labels=LABELS, clips_per_label=10, seconds=0.1, groups=1)
+
+    clips = load(manifest)
+
+    assert clips.group_column is None and clips.grouping == "clip by clip (no group column)"
+
+
+def test_a_found_column_that_cannot_split_says_how_to_turn_it_off(tmp_path):
+    manifest = tmp_path / "m.csv"
+    for i in range(4):
+        write_clip(tmp_path / f"{i}.wav", class_clip("low", 0.1, 8000, seed=i), 8000)
+    manifest.write_text("path,label,speaker\n0.wav,yes,a\n1.wav,yes,b\n2.wav,no,a\n3.wav,no,a\n")
+
+    with pytest.raises(DataError) as error:
+        load(manifest)
+
+    assert str(error.value).endswith("all its clips are in speaker 'a'; add clips of it from another group, or split "
+                                     "clip by clip with --group-column none (the column was found in the data)")
+    assert load(manifest, group_column="none").group_column is None
+
+
 def test_group_split_that_cannot_cover_every_label_explains(tmp_path):
     ds = datasets.Dataset.from_dict({"label": [0, 0, 1, 1], "speaker": ["a", "b", "a", "a"]})
     ds = ds.cast_column("label", datasets.ClassLabel(names=["yes", "no"]))

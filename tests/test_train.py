@@ -409,6 +409,27 @@ def test_config_file_round_trips_through_train_config_json(small_tones, tmp_path
     assert len(history) == 2
 
 
+def test_train_config_json_repeats_the_run_from_any_folder(small_tones, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    shutil.copytree(small_tones, work / "tones")
+    monkeypatch.chdir(work)
+    (work / "cfg.yaml").write_text("data: tones\nmodel_config: tiny-wav2vec2\nlr: 0.002\nepochs: 1\nthreads: 1\n")
+
+    first = runner.invoke(app, ["train", "--config", "cfg.yaml", "--output", "model", "-q"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = runner.invoke(app, ["train", "--config", str(work / "model" / "train_config.json"), "--output", "again",
+                                "-q"])
+
+    assert first.exit_code == 0, first.output
+    assert again.exit_code == 0, again.output
+    recorded = json.loads((work / "model" / "train_config.json").read_text())
+    assert recorded["data"]["data"] == str((work / "tones").resolve())  # as typed: "tones"
+    assert recorded["train"]["learning_rate"] == 0.002  # `lr`, as on the command line
+    assert json.loads((elsewhere / "again" / "train_config.json").read_text()) == recorded
+
+
 def test_config_file_exponent_without_a_dot_is_a_number(small_tones, tmp_path):
     # PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string; people write it anyway
     config_file = tmp_path / "cfg.yaml"

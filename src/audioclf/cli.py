@@ -13,11 +13,12 @@ import typer
 import typer.core
 
 from audioclf.cli_options import config_options
-from audioclf.config import (API_KEY_ENV, SEED_PRESET, SEGMENTS_ALIASES, SEGMENTS_OPTION, DataSpec, InferOptions,
-                             ModelOptions, ServeSettings, TrainOptions, option_help)
+from audioclf.config import (API_KEY_ENV, OPTION_ALIASES, SEED_PRESET, SEGMENTS_ALIASES, SEGMENTS_OPTION, DataSpec,
+                             InferOptions, ModelOptions, ServeSettings, TrainOptions, option_help)
 from audioclf.errors import AudioclfError, ConfigError, shown_path
 from audioclf.files import CARD_FILE, METRICS_FILE, PREPROCESSOR_CONFIG_FILE
 from audioclf.hub import DEFAULT_COMMIT_MESSAGE
+from audioclf.logs import hide_library_noise
 
 try:  # recent typer vendors click; older ones use click itself
     from typer._click.exceptions import UsageError
@@ -31,21 +32,12 @@ DEMO_TEST_SIZE = 0.25  # 32 of the demo's 128 voices are never heard in training
 DEMO_EPOCHS = 6  # 6 passes over ~600 clips: 3:37 on 2 cores, inside the demo's 10 minutes (the preset allows 12)
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bars and messages are enough; the libraries' per-shard bars and load reports are noise."""
-    import os
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
-
-
 class _ErrorsAsMessages(typer.core.TyperGroup):
     """Every command runs under this group, so any AudioclfError ends in `error: ...` and exit 1, and a command
     line click cannot parse (`--epochs four`) in one such line too, with click's exit code 2."""
 
     def invoke(self, ctx):
-        _quiet_libraries()
+        hide_library_noise()
         try:
             return super().invoke(ctx)
         except AudioclfError as e:
@@ -76,7 +68,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(backbone_app, name="backbone")
 
 
-Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars or library messages: results, warnings that matter and errors only.")
 DATA_PANEL = "Data"  # the --help section of DataSpec's options
 
 
@@ -180,7 +172,8 @@ def backbone_install(
 @app.command("train")
 @config_options(
     DataSpec, ModelOptions, TrainOptions, into="flags", given_only=True, panels=[DATA_PANEL, "Model", "Training"],
-    flags={"learning_rate": ("--learning-rate", "--lr")}, presets={"seed": SEED_PRESET},
+    flags={name: (f"--{name.replace('_', '-')}", f"--{alias}") for alias, name in OPTION_ALIASES.items()},
+    presets={"seed": SEED_PRESET},
     extra={"seed": {"rich_help_panel": "Training",  # one --seed feeds both the data split and training (resolve_run)
                     "help": "Random seed for the split, the head, crops and data order."}},
 )

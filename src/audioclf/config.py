@@ -130,6 +130,12 @@ def check_options(options) -> None:
                 raise ConfigError(f"{flag} {_number(value)}: must be {what}")
 
 
+# Columns that name who is speaking, in the order they are looked for when no --group-column is given: clips of one
+# speaker on both sides of a split make test accuracy a measure of recognising the speaker, not the label.
+GROUP_COLUMNS = ("speaker", "speaker_id", "client_id", "voice")
+NO_GROUP = "none"  # --group-column none: no groups, even where the source has one of GROUP_COLUMNS
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """Where the clips come from and how to split them."""
@@ -147,7 +153,9 @@ class DataSpec:
     label_column: str | None = field(default=None, metadata={"help": "Column holding the label. Default: 'label'."})
     group_column: str | None = field(
         default=None,
-        metadata={"help": "Column naming groups (e.g. speaker, voice) that must not be on both sides of the split."},
+        metadata={"help": "Column naming groups (e.g. speakers) that must not be on both sides of the test split or the "
+                          f"validation share. Default: the source's first column of {', '.join(GROUP_COLUMNS)}; "
+                          f"'{NO_GROUP}' splits clip by clip."},
     )
     data_config: str | None = field(default=None, metadata={"help": "Hub dataset config name, e.g. 'en-US'."})
     data_split: str | None = field(
@@ -360,6 +368,14 @@ class RunConfig:
 
 
 SECTIONS = {"data": DataSpec, "model": ModelOptions, "train": TrainOptions}
+# Shorter names an option also answers to, as a flag (`--lr`) and in --config files and the Python API (`lr: 1e-4`)
+OPTION_ALIASES = {"lr": "learning_rate"}
+
+
+def option_name(key) -> str:
+    """An option's field name from the way a user may write it: `learning-rate`, `learning_rate` or `lr`."""
+    key = str(key).replace("-", "_")
+    return OPTION_ALIASES.get(key, key)
 
 
 def read_config_file(path: Path) -> dict:
@@ -378,9 +394,9 @@ def read_config_file(path: Path) -> dict:
         raise ConfigError(f"--config {path}: expected a mapping of option names to values")
     values: dict = {}
     for key, value in loaded.items():
-        key = str(key).replace("-", "_")
+        key = option_name(key)
         if key in SECTIONS and isinstance(value, dict):
-            values.update({str(k).replace("-", "_"): v for k, v in value.items()})
+            values.update({option_name(k): v for k, v in value.items()})
         elif key in ("window_seconds", "versions"):  # written by train() for the record, not options
             continue
         else:
@@ -391,7 +407,7 @@ def read_config_file(path: Path) -> dict:
 def resolve_run(values: dict) -> RunConfig:
     """Map a flat dict of option values (file values overlaid by flags; None means not given) onto the
     option groups. `seed` feeds both the data split and training. Unknown names are an error."""
-    values = {k: v for k, v in values.items() if v is not None}
+    values = {option_name(k): v for k, v in values.items() if v is not None}
     valid = {f.name for section in SECTIONS.values() for f in fields(section)}
     unknown = sorted(set(values) - valid)
     if unknown:

@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from audioclf import files
+from audioclf import files, hub
 from audioclf.audio import AudioSource, inspect_audio, load_audio
-from audioclf.config import DataSpec
+from audioclf.config import GROUP_COLUMNS, NO_GROUP, DataSpec
 from audioclf.errors import AudioLoadError, ColumnError, ConfigError, DataError, shown_path
 
 DEMO_MANIFEST = Path(__file__).parent / "demo_data" / "minds14_synth" / "manifest.csv"
@@ -48,7 +48,6 @@ PROGRESS_EVERY_ROWS = 1024  # manifest rows read between progress bar updates
 MANIFEST_CHUNK_ROWS = 10_000  # manifest rows held as Python objects at once (a few MB) before they become Arrow
 MANIFEST_IN_MEMORY_BYTES = 4 * 2**20  # larger manifests become Arrow files in the datasets cache, not memory
 MANIFEST_CACHE_FOLDER = "audioclf_manifests"  # under datasets.config.HF_DATASETS_CACHE
-HUB_PROBE_TIMEOUT_SECONDS = 5.0  # one quick request before load_dataset, whose own retries take ~30 s offline
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,15 @@ class ClipSet:
     group_column: str | None
     source: str
     derived_split: bool = False  # True when the train/test split was made here, not brought by the source
+    group_found: bool = False  # True when group_column was found in the source (config.GROUP_COLUMNS), not given
+
+    @property
+    def grouping(self) -> str:
+        """How splits here keep groups apart, in words: `speaker-disjoint (the speaker column, found in the data)`."""
+        if self.group_column is None:
+            return "clip by clip (no group column)"
+        how = "found in the data; --group-column none turns it off" if self.group_found else "--group-column"
+        return f"{self.group_column}-disjoint (the {self.group_column!r} column, {how})"
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -132,21 +140,22 @@ def load_clips(spec: DataSpec, split: bool = True, progress: bool = True) -> Cli
         scans, names = _scan_source(source, spec.strict, progress)
         labels = _checked_labels(source, scans, names)
         splits = {name: _finish(source.splits[name], scan, labels, names) for name, scan in scans.items()}
+        group_column, found = group_column_of(spec, list(splits.values()))
 
         if not split:
             (only,) = splits.values()
             splits = {"all": only}
         elif len(splits) == 1:
             (only,) = splits.values()
-            splits = dict(split_dataset(only, spec.test_size, spec.seed, spec.group_column))
+            splits = dict(split_dataset(only, spec.test_size, spec.seed, group_column, found=found))
             derived = True
         elif "train" not in splits:
             raise DataError(f"{source.where} has the splits {', '.join(splits)} but no 'train' split; choose one with --data-split")
         else:
             splits = {name: splits[name] for name in SPLIT_NAMES if name in splits}
     problems = [p for scan in scans.values() for p in scan.problems]
-    return ClipSet(datasets.DatasetDict(splits), labels, source.top_problems + problems, spec.group_column, source.where,
-                   derived_split=derived)
+    return ClipSet(datasets.DatasetDict(splits), labels, source.top_problems + problems, group_column, source.where,
+                   derived_split=derived, group_found=found)
 
 
 def inspect_clips(spec: DataSpec, progress: bool = True) -> InspectReport:
@@ -207,14 +216,41 @@ def clip_samples(audio: dict, sampling_rate: int) -> np.ndarray:
     return load_audio(source, sampling_rate, name=name)
 
 
+def absolute_source(text: str) -> str:
+    """A local path (or a glob with matches) made absolute; anything else, a Hub id, as it is."""
+    path = Path(text).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if glob.has_magic(text) and glob.glob(os.path.expanduser(text), recursive=True):
+        return os.path.abspath(os.path.expanduser(text))
+    return text
+
+
+def group_column_of(spec: DataSpec, splits: list[datasets.Dataset]) -> tuple[str | None, bool]:
+    """The column that keeps groups apart in splits, and whether it was found rather than given: --group-column as
+    given, none for `none`, else the first of GROUP_COLUMNS that every split has, with two groups or more in all."""
+    if spec.group_column == NO_GROUP:
+        return None, False
+    if spec.group_column is not None:
+        return spec.group_column, False
+    for column in GROUP_COLUMNS:
+        if all(column in ds.column_names for ds in splits):
+            groups = {str(name) for ds in splits for name in _group_codes(ds, column)[0]}
+            if len(groups) > 1:
+                return column, True
+    return None, False
+
+
 def split_dataset(
     ds: datasets.Dataset,
     test_size: float,
     seed: int,
     group_column: str | None,
     names: tuple[str, str] = ("train", "test"),
+    found: bool = False,
 ) -> datasets.DatasetDict:
-    """Split by `label`, seeded: stratified, or group-disjoint when `group_column` is given.
+    """Split by `label`, seeded: stratified, or group-disjoint when `group_column` is given (`found`: found in
+    the data by `group_column_of`, not given, which the messages say).
 
     Both sides get every label; where that is impossible a DataError says why. Rows keep their order.
     """
@@ -229,7 +265,10 @@ def split_dataset(
         if group_column not in ds.column_names:
             raise ColumnError("--group-column", group_column, ds.column_names, "the clips")
         group_names, group_of_row = _group_codes(ds, group_column)
-        test_rows = _grouped_test_rows(labels, group_names, group_of_row, test_size, rng, label_names, group_column)
+        without = ("split clip by clip with --group-column none (the column was found in the data)" if found
+                   else "split without --group-column")
+        test_rows = _grouped_test_rows(labels, group_names, group_of_row, test_size, rng, label_names, group_column,
+                                       without)
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[test_rows] = True
     return datasets.DatasetDict(
@@ -702,7 +741,7 @@ def _open_hub(repo_id: str, spec: DataSpec) -> _Source:
         f"A local label folder, .csv/.jsonl manifest or save_to_disk folder works offline "
         f"(there is no local file or folder {repo_id!r})."
     )
-    unreachable = _hub_unreachable_reason()
+    unreachable = hub.unreachable_reason()
     if unreachable:
         raise DataError(
             f"the Hub dataset {where} could not be loaded: the Hub cannot be reached ({unreachable}); "
@@ -729,20 +768,6 @@ def _open_hub(repo_id: str, spec: DataSpec) -> _Source:
         where += f" [{spec.data_split}]"
     splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {spec.data_split or "train": loaded}
     return _from_hf(splits, spec, where, base=None)
-
-
-def _hub_unreachable_reason() -> str | None:
-    """Why the Hub cannot be reached, or None. Skipped in offline mode, where load_dataset uses the cache."""
-    if datasets.config.HF_HUB_OFFLINE:
-        return None
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
-    try:
-        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_SECONDS)
-    except Exception as e:  # any transport failure means the same thing here
-        return f"{type(e).__name__}: {e}"
-    return None
 
 
 def _pick_split(splits: dict[str, datasets.Dataset], wanted: str | None, where: str) -> dict[str, datasets.Dataset]:
@@ -825,13 +850,14 @@ def _free_name(column: str) -> str:
 def _check_columns(spec: DataSpec, columns: list[str], where: str, audio_default: str) -> tuple[str, str]:
     audio_column = spec.audio_column or audio_default
     label_column = spec.label_column or "label"
-    for flag, column in (("--audio-column", audio_column), ("--label-column", label_column), ("--group-column", spec.group_column)):
+    group_column = None if spec.group_column == NO_GROUP else spec.group_column
+    for flag, column in (("--audio-column", audio_column), ("--label-column", label_column), ("--group-column", group_column)):
         if column is not None and column not in columns:
             raise ColumnError(flag, column, columns, where)
     if audio_column == label_column:
         raise ConfigError(f"--audio-column and --label-column are both {audio_column!r}; they must differ")
-    if spec.group_column in (audio_column, label_column):
-        raise ConfigError(f"--group-column {spec.group_column!r} is also the audio or label column")
+    if group_column in (audio_column, label_column):
+        raise ConfigError(f"--group-column {group_column!r} is also the audio or label column")
     return audio_column, label_column
 
 
@@ -1111,7 +1137,7 @@ GROUP_SPLIT_ATTEMPTS = 64  # seeded random group orders tried; the one closest t
 
 def _grouped_test_rows(
     labels: np.ndarray, group_names: np.ndarray, group_of_row: np.ndarray, test_size: float, rng: np.random.Generator,
-    name: Callable, group_column: str,
+    name: Callable, group_column: str, without: str,
 ) -> np.ndarray:
     """Choose whole groups for the test side so that both sides hold every label and the size is near test_size."""
     label_values, label_of_row = np.unique(labels, return_inverse=True)
@@ -1125,7 +1151,7 @@ def _grouped_test_rows(
         if len(holders) < 2:
             raise DataError(
                 f"cannot split by {group_column!r} with label {name(label)!r} on both sides: all its clips are in "
-                f"{group_column} {group_names[holders[0]]!r}; add clips of it from another group, or split without --group-column"
+                f"{group_column} {group_names[holders[0]]!r}; add clips of it from another group, or {without}"
             )
     target = test_size * len(labels)
     totals = counts.sum(axis=0)
@@ -1159,6 +1185,6 @@ def _grouped_test_rows(
     if best is None:
         raise DataError(
             f"no split by {group_column!r} puts every label on both sides ({len(group_names)} groups, "
-            f"{len(label_values)} labels); add groups, or split without --group-column"
+            f"{len(label_values)} labels); add groups, or {without}"
         )
     return np.flatnonzero(best[group_of_row])

@@ -29,8 +29,8 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from audioclf import card, files
-from audioclf.config import DataSpec, ModelOptions, TrainOptions
-from audioclf.data import ClipSet, clip_samples, load_clips, skipped_summary, split_dataset
+from audioclf.config import NO_GROUP, DataSpec, ModelOptions, TrainOptions
+from audioclf.data import ClipSet, absolute_source, clip_samples, load_clips, skipped_summary, split_dataset
 from audioclf.distributed import Processes
 from audioclf.errors import ConfigError, DataError, HubError, OutputError
 from audioclf.features import (
@@ -394,7 +394,8 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     clips = processes.broadcast(load_clips(data, split=True, progress=progress) if processes.is_main else None)
     train_split, eval_split, test_split = _choose_splits(clips, options, data)
     echo(f"data: {len(clips.labels)} labels; {len(train_split)} training, {len(eval_split)} evaluation"
-         + (f", {len(test_split)} test clips" if test_split is not None else " clips"))
+         + (f", {len(test_split)} test clips" if test_split is not None else " clips")
+         + (f"; split {clips.grouping}" if clips.group_column or clips.derived_split else ""))
     for line in skipped_summary(clips.problems, f"{output / files.METRICS_FILE} (problems)"):
         echo(line)
 
@@ -430,7 +431,8 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
 
     if processes.is_main:
         as_run = replace(options, nproc=processes.count)  # so `--config train_config.json` has the same global batch
-        resolved = {"data": asdict(data), "model": asdict(model_opts), "train": asdict(as_run), "window_seconds": window,
+        resolved = {"data": asdict(recorded_data(data, clips)), "model": asdict(recorded_model(model_opts)),
+                    "train": asdict(as_run), "window_seconds": window,
                     "versions": {"transformers": transformers.__version__, "torch": torch.__version__}}
         with files.AtomicDirectory(work / FINAL_FOLDER, overwrite=True) as staging:  # OUT.partial/final: complete
             bundle.save(staging)
@@ -584,6 +586,19 @@ def choose_window_from(dataset, requested: float | None, whisper: bool) -> float
     return float(whole_seconds(seconds)) if whisper else seconds
 
 
+def recorded_data(data: DataSpec, clips: ClipSet) -> DataSpec:
+    """The data options as train_config.json keeps them, so that `--config` repeats the run from any folder: a local
+    source as an absolute path, and the group column the splits used, found or given."""
+    group = clips.group_column or (NO_GROUP if data.group_column == NO_GROUP else None)
+    return replace(data, data=absolute_source(data.data), group_column=group)
+
+
+def recorded_model(model_opts: ModelOptions) -> ModelOptions:
+    """A local checkpoint or config file as an absolute path; Hub ids and named configs as they are."""
+    return replace(model_opts, model=absolute_source(model_opts.model) if model_opts.model else None,
+                   model_config=absolute_source(model_opts.model_config) if model_opts.model_config else None)
+
+
 def _choose_splits(clips: ClipSet, options: TrainOptions, data: DataSpec):
     """(train, eval, test-or-None). Evaluation uses the source's validation split, or a share of the
     training clips held out (group-disjoint with a group column), or, with validation_size 0, the test split."""
@@ -595,7 +610,7 @@ def _choose_splits(clips: ClipSet, options: TrainOptions, data: DataSpec):
         return splits["train"], splits["validation"], test
     if options.validation_size > 0:
         held = split_dataset(splits["train"], options.validation_size, options.seed, clips.group_column,
-                             names=("train", "validation"))
+                             names=("train", "validation"), found=clips.group_found)
         return held["train"], held["validation"], test
     if test is None:
         raise DataError(f"{data.data}: nothing to evaluate on; give it a test split or a --validation-size above 0")
