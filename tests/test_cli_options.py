@@ -285,3 +285,11 @@ def test_infer_options_refuse_nonsense_before_any_work(values, message):
                                  str(next(iter(values.values())))])
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith("error: " + message) and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_predict_help_names_the_ray_extra_as_written():
+    # rich's markup once took `[ray]` for a style tag and printed `pip install 'audioclf'`
+    result = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "250"})
+
+    assert result.exit_code == 0
+    assert "(needs the ray extra: pip install 'audioclf[ray]')" in " ".join(result.stdout.split())
