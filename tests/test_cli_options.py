@@ -293,3 +293,12 @@ def test_predict_help_names_the_ray_extra_as_written():
 
     assert result.exit_code == 0
     assert "(needs the ray extra: pip install 'audioclf[ray]')" in " ".join(result.stdout.split())
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["predict"], ["export", "onnx"], ["serve"], ["push"]])
+def test_a_missing_model_argument_is_named_as_the_help_names_it(command):
+    result = runner.invoke(app, command)
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: Missing argument 'MODEL_DIR'.")
+    assert "MODEL_DIR" in runner.invoke(app, [*command, "--help"], env={"COLUMNS": "250"}).stdout.split("Usage:")[1]

@@ -78,7 +78,7 @@ DATA_PANEL = "Data"  # the --help section of DataSpec's options
 @data_app.command("inspect")
 @config_options(DataSpec, into="data_options", panels=[DATA_PANEL], exclude=("data", "test_size", "seed"))  # no split
 def data_inspect(
-    source: str = typer.Argument(..., help=option_help(DataSpec, "data")),
+    source: str = typer.Argument(..., metavar="SOURCE", help=option_help(DataSpec, "data")),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout instead of tables."),
     *,
     data_options: dict,
@@ -244,7 +244,7 @@ def _given_arguments(ctx: typer.Context, drop: str) -> list[str]:
 @app.command("evaluate")
 @config_options(DataSpec, into="data_options", panels=[DATA_PANEL])
 def evaluate_command(
-    model_dir: Path = typer.Argument(..., help="A trained model directory (or Hub id)."),
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A trained model directory (or Hub id)."),
     split: str | None = typer.Option(None, "--split", help="Which split to score: train, validation, test or all. Default: the source's test split; for the data the model was trained on, its held-out test clips; otherwise all clips."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (accuracy, macro_f1, n, per-class, confusion, misclassified)."),
     report_dir: Path | None = typer.Option(None, "--report-dir", help="Also write metrics.json, confusion.png, misclassified.csv and predictions.jsonl here."),
@@ -340,8 +340,8 @@ class _CsvOutput:
                                                                  *(f"--{alias}" for alias in SEGMENTS_ALIASES))})
 def predict_command(
     scoring: dict,
-    model_dir: Path = typer.Argument(..., help="A trained model directory (or Hub id), or a directory written by `audioclf export onnx`."),
-    files: list[str] | None = typer.Argument(None, help="Audio files, folders (searched recursively for audio files), or - to read paths from standard input, one per line. Leave out with --input."),
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A trained model directory (or Hub id), or a directory written by `audioclf export onnx`."),
+    files: list[str] | None = typer.Argument(None, metavar="FILES", help="Audio files, folders (searched recursively for audio files), or - to read paths from standard input, one per line. Leave out with --input."),
     as_json: bool = typer.Option(False, "--json", help='One JSON object per line: {"path", "predictions": [{"label", "score"}]} (plus "segments" with --segments) or {"path", "error"}.'),
     csv_out: Path | None = typer.Option(None, "--csv", help="Also write path,label,score,error rows (the top label per file) to this CSV file; it appears only when the run is complete."),
     input_: str | None = typer.Option(None, "--input", help="Instead of FILES: a manifest (.csv, .tsv, .jsonl; read one row at a time) or a quoted glob such as 'clips/**/*.wav' (expanded lazily). Needs --output."),
@@ -493,8 +493,8 @@ EXPORT_AGREEMENT_CLIPS = 200  # most held-out clips the int8 model's agreement w
 
 @export_app.command("onnx")
 def export_onnx_command(
-    model_dir: Path = typer.Argument(..., help="A trained model directory."),
-    out: Path = typer.Argument(..., help="The directory to write: model.onnx, config.json, preprocessor_config.json, onnx_export.json."),
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A trained model directory."),
+    out: Path = typer.Argument(..., metavar="OUT", help="The directory to write: model.onnx, config.json, preprocessor_config.json, onnx_export.json."),
     quantize: str | None = typer.Option(None, "--quantize", help="int8: quantize the linear and attention layers (the convolutional front end stays float)."),
     data: str | None = typer.Option(None, "--data", help="With --quantize: a data source whose held-out clips (its test split; for the training data, the run's own test clips) the int8 model's top-1 agreement with fp32 is measured on; default: synthetic clips."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists (only once the export has been checked)."),
@@ -539,8 +539,8 @@ def _agreement_clips(model_dir: Path, data: str, progress: bool):
 
 @app.command("push")
 def push_command(
-    model_dir: Path = typer.Argument(..., help="A trained model directory or an ONNX export."),
-    repo_id: str = typer.Argument(..., help="The Hub model repository: owner/name, or a name under your account. Created if it does not exist."),
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A trained model directory or an ONNX export."),
+    repo_id: str = typer.Argument(..., metavar="REPO_ID", help="The Hub model repository: owner/name, or a name under your account. Created if it does not exist."),
     private: bool = typer.Option(False, "--private", help="Create the repository private (an existing one keeps its visibility)."),
     revision: str | None = typer.Option(None, "--revision", help="Branch to upload to, created from main if new. Default: main."),
     commit_message: str | None = typer.Option(None, "--commit-message", help=f"The commit's message. Default: {DEFAULT_COMMIT_MESSAGE!r}."),
@@ -609,7 +609,7 @@ def demo_command(
 @config_options(ServeSettings, into="settings", flags={"cors_origins": ("--cors-origin",)},
                 extra={"api_key": {"envvar": API_KEY_ENV, "show_envvar": False}})  # its help names the variable
 def serve_command(
-    model_dir: Path = typer.Argument(..., help="A trained model directory (or Hub id)."),
+    model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A trained model directory (or Hub id)."),
     *,
     settings: dict,
 ) -> None:
