@@ -297,6 +297,10 @@ CORPUS: dict[str, Callable[[Path, Path], Expect]] = {
                                                                   "positive", command="predict"),
     "serve-max-wait-ms-nan": _refused(["--max-wait-ms", "nan"], "--max-wait-ms nan: not a finite number; must be 0 or "
                                                                 "more", command="serve"),
+    "serve-cors-origin-with-a-path": _refused(["--cors-origin", "https://example.org/app"], "--cors-origin "
+                                              "'https://example.org/app': must be * or an origin, a scheme and host "
+                                              "such as https://example.org or http://localhost:8080, with no path",
+                                              command="serve"),
     "train-lists-missing-and-unreadable-clips": train_lists_missing_and_unreadable_clips,
     "train-lists-clips-outside-label-folders": train_lists_clips_outside_label_folders,
     "evaluate-lists-skipped-clips": evaluate_lists_skipped_clips,

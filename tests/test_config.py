@@ -130,7 +130,10 @@ def test_a_choice_outside_its_list_names_the_list(group, name):
     (DataSpec, "label_column", " ", "--label-column ' ': must be a non-empty text"),
     (ModelOptions, "model", "", "--model '': must be a non-empty text"),
     (ServeSettings, "host", "", "--host '': must be a non-empty text"),
-    (ServeSettings, "cors_origins", ("",), "--cors-origins ('',): must be non-empty texts"),
+    (ServeSettings, "cors_origins", ("",), "--cors-origin ('',): must be non-empty texts"),
+    (ServeSettings, "cors_origins", ("example.org",), "--cors-origin 'example.org': must be * or an origin, a scheme "
+                                                      "and host such as https://example.org or http://localhost:8080, "
+                                                      "with no path"),
     (InferOptions, "hop_seconds", 3.0, "--hop-seconds 3: must be positive and at most the window (1 s)"),
 ])
 def test_types_and_texts_are_checked_too(group, name, value, message):

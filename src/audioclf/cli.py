@@ -606,7 +606,7 @@ def demo_command(
 
 
 @app.command("serve")
-@config_options(ServeSettings, into="settings", flags={"cors_origins": ("--cors-origin",)},
+@config_options(ServeSettings, into="settings",
                 extra={"api_key": {"envvar": API_KEY_ENV, "show_envvar": False}})  # its help names the variable
 def serve_command(
     model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A trained model directory (or Hub id)."),

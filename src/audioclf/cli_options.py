@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import typer
 
+from audioclf.config import flag_of
+
 
 def config_options(
     *classes: type,
@@ -59,7 +61,7 @@ def config_options(
                 if default is dataclasses.MISSING:
                     default = None if given_only else ...
                 settings = {"help": _help(f, default, presets), "rich_help_panel": panel, **extra.get(f.name, {})}
-                option = typer.Option(default, *_declarations(f.name, annotation, flags), **settings)
+                option = typer.Option(default, *_declarations(f, annotation, flags), **settings)
                 generated[f.name] = inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                                       annotation=annotation)
         own = [p for name, p in signature.parameters.items() if name != into]
@@ -104,13 +106,13 @@ def _default(f: dataclasses.Field):
     return dataclasses.MISSING
 
 
-def _declarations(name: str, annotation, flags: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
-    if name in flags:
-        return tuple(flags[name])
-    flag = name.replace("_", "-")
+def _declarations(f: dataclasses.Field, annotation, flags: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    if f.name in flags:
+        return tuple(flags[f.name])
+    flag = flag_of(f)
     if _without_none(annotation) is bool:
-        return (f"--{flag}/--no-{flag}",)
-    return (f"--{flag}",)
+        return (f"{flag}/--no-{flag[2:]}",)
+    return (flag,)
 
 
 def _without_none(annotation):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -36,6 +37,12 @@ BACKENDS = ("torch", "onnx")
 API_KEY_ENV = "AUDIOCLF_API_KEY"  # where `audioclf serve` finds its API key when --api-key is not given
 BYTES_PER_KB = 1024
 BYTES_PER_MB = 1024 * BYTES_PER_KB
+
+
+def flag_of(f) -> str:
+    """The command-line flag of an option field: metadata `flag` where its name would read wrong (`--cors-origin`,
+    given once per origin), else `--field-name`. Messages and the generated flags both use it."""
+    return f.metadata.get("flag", f"--{f.name.replace('_', '-')}")
 
 
 def option_help(cls, name: str) -> str:
@@ -100,7 +107,7 @@ def check_options(options) -> None:
     this from __post_init__, so flags, --config files and the Python API are checked alike, before any work."""
     for f in fields(options):
         value = getattr(options, f.name)
-        flag = f"--{f.name.replace('_', '-')}"
+        flag = flag_of(f)
         kinds = [part.strip() for part in str(f.type).split("|")]
         kind, valid, choices = kinds[0], f.metadata.get("valid"), f.metadata.get("choices")
         if value is None:
@@ -300,8 +307,9 @@ class ServeSettings:
     open_metrics_and_schema: bool = field(default=False, metadata={
         "help": "Serve /metrics, /openapi.json and the docs pages on it (/docs, /redoc) without the API key, e.g. to "
                 "a Prometheus scraper on a private network. Without --api-key everything is open anyway."})
-    cors_origins: tuple[str, ...] = field(default=(), metadata={"help": "Origin allowed to call the API from other "
-                                                                        "web pages (repeatable); none by default."})
+    cors_origins: tuple[str, ...] = field(default=(), metadata={
+        "help": "Origin allowed to call the API from other web pages, such as https://example.org, or * for any "
+                "(repeatable); none by default.", "flag": "--cors-origin"})
     top_k: int = field(default=DEFAULT_TOP_K, metadata={"help": "Labels returned when a request gives no top_k.",
                                                          "valid": at_least(1)})
     # What a slow or hostile client may hold: without these a connection that sends half a header is kept forever.
@@ -325,6 +333,10 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         check_options(self)
+        for origin in self.cors_origins:  # a browser sends scheme://host[:port]; anything else would match nothing
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+                raise ConfigError(f"--cors-origin {origin!r}: must be * or an origin, a scheme and host such as "
+                                  "https://example.org or http://localhost:8080, with no path")
 
     @property
     def max_upload_bytes(self) -> int:
