@@ -11,10 +11,8 @@ door accepts, which documents the limits of what is refused.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
-import struct
 import time
 from collections.abc import Callable
 from contextlib import contextmanager

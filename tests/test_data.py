@@ -3,7 +3,7 @@ import functools
 import io
 import itertools
 import json
-import time
+import socket
 import tracemalloc
 from pathlib import Path
 
@@ -555,11 +555,10 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
 
 
-def test_hub_id_offline_is_a_quick_clear_error(offline):
-    start = time.monotonic()
+def test_hub_id_offline_is_a_clear_error_with_no_request(offline, monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: pytest.fail(f"a network lookup offline: {a[:2]}"))
     with pytest.raises(DataError) as e:
         load("PolyAI/minds14", data_config="en-US", data_split="train")
-    assert time.monotonic() - start < 10
     message = str(e.value)
     assert "PolyAI/minds14 (en-US) could not be loaded" in message
     assert "offline" in message and "save_to_disk folder works offline" in message

@@ -591,7 +591,6 @@ def test_find_files_gives_what_glob_gives_without_links(tmp_path, monkeypatch, p
 def test_links_back_up_the_tree_are_not_followed_round_and_each_file_comes_once(tmp_path):
     import glob
     import itertools
-    import time
 
     root = _audio_tree(tmp_path / "clips")
     (root / "a" / "b" / "up").symlink_to("..")  # a loop: a/b/up/b/up/...
@@ -602,11 +601,9 @@ def test_links_back_up_the_tree_are_not_followed_round_and_each_file_comes_once(
     looping = glob.iglob(str(root / "**" / "*.wav"), recursive=True)
     assert len(list(itertools.islice(looping, 1000))) == 1000  # of 6 files, and glob has thousands more to give
 
-    started = time.monotonic()
     found = list(files.find_files(str(root / "**" / "*.wav")))
     under = list(files.files_under(root))
 
-    assert time.monotonic() - started < 1
     assert sorted(os.path.relpath(p, root) for p in found) == real
     assert sorted(os.path.relpath(p, root) for p in under) == sorted([*real, "a/b/v.flac"])
     # a folder that is only reached through a link is read (once)
