@@ -1,0 +1,126 @@
+"""A learning curve: probe, fine-tuning and the default (best) mode at 2 to 64 training clips per label, side by side.
+
+Two datasets, each with a fixed test set of whole voices never heard in training: the bundled demo data (14 intents,
+128 synthetic voices; 96 outside the test voices, about 48 clips per intent, so "64" means all of them) and the
+spoken digits that bench/presets.py makes (10 digits, 48 voices; 36 clips per digit outside the test voices). At each
+size the training clips are drawn at random per label (seeded), and three runs train the Whisper tiny.en encoder
+with the default preset:
+
+- `--mode probe`, end to end with a cold feature cache;
+- the default, `--mode best`, end to end with a cold feature cache (probe, fine-tune, keep the better);
+- `--mode finetune`: where the default fine-tuned, its fine-tuned candidate is that model (the same split, seed,
+  probe-fitted head and Trainer run; tests/test_train.py checks it on tiny models) and its figures are taken from the
+  default's metrics.json, with the fine-tuning phase's own seconds; where the default could not (too few clips to
+  hold a validation share), it is run on its own, end to end.
+
+Test accuracy scores every window of each clip, as `audioclf evaluate` does. Run by hand (not a test):
+
+    python bench/learning_curve.py [--sizes 2,4,8,16,32,64] [--seeds 2] [--seeded-up-to 16] [--output results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from learning_data import read_rows, subsample  # noqa: E402
+from presets import make_digits  # noqa: E402
+
+from audioclf.backbone import ensure_backbone  # noqa: E402
+from audioclf.config import DataSpec, ModelOptions, resolve_options  # noqa: E402
+from audioclf.data import demo_manifest  # noqa: E402
+from audioclf.train import train  # noqa: E402
+
+MODES = ("probe", "finetune", "best")
+DIGIT_VOICES = 48  # as bench/presets.py
+
+
+def run(manifest: Path, backbone: Path, mode: str, seed: int, output: Path) -> dict:
+    """One end-to-end training run with a cold feature cache: its metrics and wall seconds."""
+    os.environ["AUDIOCLF_HOME"] = str(output.with_name(output.name + "-home"))
+    started = time.monotonic()
+    result = train(DataSpec(data=str(manifest), group_column="voice"), ModelOptions(model=str(backbone)),
+                   resolve_options("default", {"mode": mode, "seed": seed}), output, overwrite=True, progress=False,
+                   echo=lambda line: None)
+    return {"metrics": result.metrics, "seconds": time.monotonic() - started}
+
+
+def measure(manifest: Path, backbone: Path, seed: int, work: Path) -> dict:
+    """{mode: {"accuracy", "seconds", ...}} for one training set."""
+    probe = run(manifest, backbone, "probe", seed, work / "probe")
+    best = run(manifest, backbone, "best", seed, work / "best")
+    rows = {"probe": {"accuracy": probe["metrics"]["test"]["accuracy"], "seconds": probe["seconds"]},
+            "best": {"accuracy": best["metrics"]["test"]["accuracy"], "seconds": best["seconds"],
+                     "kept": best["metrics"]["kept"], "schedule": best["metrics"].get("schedule")}}
+    candidates = best["metrics"]["candidates"]
+    assert candidates["probe"]["test"]["accuracy"] == rows["probe"]["accuracy"], "the default's probe is probe mode's"
+    if "finetune" in candidates:
+        rows["finetune"] = {"accuracy": candidates["finetune"]["test"]["accuracy"],
+                            "seconds": candidates["finetune"]["seconds"], "phase": True}
+    else:
+        alone = run(manifest, backbone, "finetune", seed, work / "finetune")
+        rows["finetune"] = {"accuracy": alone["metrics"]["test"]["accuracy"], "seconds": alone["seconds"]}
+    rows["clips"] = best["metrics"]["data"]["clips"]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="2,4,8,16,32,64", help="Training clips per label, comma-separated.")
+    parser.add_argument("--seeds", type=int, default=2, help="Seeds (training draws and runs) per size.")
+    parser.add_argument("--seeded-up-to", type=int, default=16, help="Sizes above this run the first seed only.")
+    parser.add_argument("--datasets", default="demo,digits", help="Which of demo, digits.")
+    parser.add_argument("--output", type=Path, help="Write every run's figures here as JSON.")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+    backbone = ensure_backbone("whisper-tiny.en")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="audioclf-curve-") as scratch:
+        scratch = Path(scratch)
+        sources = {"demo": lambda: read_rows(demo_manifest()),
+                   "digits": lambda: read_rows(make_digits(scratch / "digits", DIGIT_VOICES))}
+        for dataset in args.datasets.split(","):
+            rows = sources[dataset]()
+            for size in sizes:
+                for seed in range(args.seeds if size <= args.seeded_up_to else 1):
+                    work = scratch / f"{dataset}-{size}-{seed}"
+                    manifest = subsample(rows, size, work / "data", seed)
+                    measured = measure(manifest, backbone, seed, work)
+                    results.append({"dataset": dataset, "clips_per_label": size, "seed": seed, **measured})
+                    print(json.dumps({k: v for k, v in results[-1].items() if k != "clips"}), flush=True)
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=1))
+    print_table(results)
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"\n{'data':7} {'clips/label':>11} {'seeds':>5} " + " ".join(f"{mode + ' acc':>12}" for mode in MODES)
+          + f" {'best - max':>10} " + " ".join(f"{mode + ' s':>10}" for mode in MODES) + "  kept")
+    groups: dict[tuple, list[dict]] = {}
+    for row in results:
+        groups.setdefault((row["dataset"], row["clips_per_label"]), []).append(row)
+    for (dataset, size), rows in groups.items():
+        accuracy = {mode: float(np.mean([row[mode]["accuracy"] for row in rows])) for mode in MODES}
+        seconds = {mode: float(np.mean([row[mode]["seconds"] for row in rows])) for mode in MODES}
+        phase = "*" if any(row["finetune"].get("phase") for row in rows) else " "
+        gap = float(np.mean([row["best"]["accuracy"] - max(row["probe"]["accuracy"], row["finetune"]["accuracy"])
+                             for row in rows]))
+        kept = ",".join(row["best"]["kept"] for row in rows)
+        print(f"{dataset:7} {size:11d} {len(rows):5d} " + " ".join(f"{accuracy[mode]:12.3f}" for mode in MODES)
+              + f" {gap:+10.3f} " + " ".join(f"{seconds[mode]:10.1f}" for mode in MODES[:1])
+              + f" {seconds['finetune']:9.1f}{phase} {seconds['best']:10.1f}  {kept}")
+    print("(* the default run's fine-tuning phase; best - max: the default's accuracy minus the better of the other "
+          "two, per seed, averaged)")
+
+
+if __name__ == "__main__":
+    main()
