@@ -31,6 +31,7 @@ NUMERIC = {
     (TrainOptions, "early_stopping_patience"): ([-1, 1.5], [None, 0], "0 or more"),
     (TrainOptions, "freeze_layers"): ([-1], [0, 3], "0 or more"),
     (TrainOptions, "validation_min_clips"): ([0, -1], [1, 3], "1 or more"),
+    (TrainOptions, "layer_decay"): ([0, -0.5, 1.5, NAN], [0.5, 1], "positive and at most 1"),
     (TrainOptions, "speed_perturbation"): ([-0.1, 0.5, NAN], [0, 0.49], "in [0, 0.5) (a fraction of the speed)"),
     (TrainOptions, "spec_augment"): ([-0.1, 1, NAN], [0, 0.99], "in [0, 1) (a share of the frames)"),
     (TrainOptions, "validation_size"): ([-0.1, 1, NAN], [0, 0.5], "in [0, 1) (a share of the training clips)"),
@@ -60,6 +61,7 @@ CHOICES = {
     (TrainOptions, "preset"): ["default", "seed"],
     (TrainOptions, "train_crop"): ["random", "center", "start"],
     (TrainOptions, "eval_crop"): ["random", "center", "start"],
+    (TrainOptions, "schedule"): ["by-size", "fixed"],
     (InferOptions, "backend"): ["torch", "onnx"],
 }
 

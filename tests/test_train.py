@@ -29,7 +29,7 @@ from audioclf.model import build_model
 from audioclf.data import load_clips
 from audioclf.testing import (TONE_CLASSES, class_clip, make_folder_dataset, make_manifest_dataset, tiny_train_options,
                               write_clip)
-from audioclf.train import keep_better, training_arguments, train, validation_share
+from audioclf.train import _optimizer, keep_better, training_arguments, train, validation_share
 
 runner = CliRunner()
 LABELS = ["high", "low", "noise"]  # the folder's labels, in the sorted order training gives them ids
@@ -658,3 +658,16 @@ def test_a_run_records_its_clips_per_label_and_the_schedule_it_took(small_tones,
         if getattr(resolve_options("default", {}), name) == getattr(_quick(), name)}
     saved = json.loads((tmp_path / "model" / "train_config.json").read_text())["train"]
     assert all(saved[name] == value for name, value in schedule["changed"].items())  # --config repeats the run
+
+
+def test_layer_decay_gives_each_lower_layer_a_lower_learning_rate():
+    model = build_model("tiny-wav2vec2", LABELS, seed=0).model  # two transformer layers
+    options = resolve_options("default", {"learning_rate": 1e-4, "head_learning_rate": 1e-3, "layer_decay": 0.5})
+    rate_of = {id(param): group["lr"] for group in _optimizer(model, options).param_groups for param in group["params"]}
+    named = dict(model.named_parameters())
+    assert rate_of[id(named["wav2vec2.encoder.layers.1.attention.k_proj.weight"])] == pytest.approx(1e-4)  # the top
+    assert rate_of[id(named["wav2vec2.encoder.layers.0.attention.k_proj.weight"])] == pytest.approx(5e-5)
+    assert rate_of[id(named["wav2vec2.feature_projection.projection.weight"])] == pytest.approx(2.5e-5)  # below them
+    assert rate_of[id(named["classifier.weight"])] == rate_of[id(named["projector.weight"])] == pytest.approx(1e-3)
+    undecayed = _optimizer(model, replace(options, layer_decay=1.0)).param_groups
+    assert [group["lr"] for group in undecayed] == [1e-4, 1e-3]  # one rate for the encoder, one for the head

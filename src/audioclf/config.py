@@ -207,6 +207,10 @@ class TrainOptions:
         default=4, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never).",
                              "valid": at_least(0)}
     )
+    layer_decay: float = field(
+        default=1.0, metadata={"help": "Layer-wise learning-rate decay: each encoder layer learns at this times the rate of the layer above it, the top layer at --learning-rate, the parts below the layers at the lowest layer's rate times this (1: one rate for the whole encoder).",
+                               "valid": positive(1.0)}
+    )
     freeze_front_end: bool = field(default=True, metadata={"help": "Freeze the convolutional feature encoder."})
     freeze_layers: int = field(default=0, metadata={"help": "Also freeze this many of the encoder's lowest transformer layers.", "valid": at_least(0)})
     speed_perturbation: float = field(
@@ -344,7 +348,7 @@ class ServeSettings:
 SEED_PRESET = dict(
     max_seconds=1.0, train_crop="start", eval_crop="start", learning_rate=3e-5, head_learning_rate=None,
     batch_size=32, eval_batch_size=32, gradient_accumulation_steps=4, epochs=10, warmup_ratio=0.1,
-    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0, spec_augment=0.0, probe_init=False,
+    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0, spec_augment=0.0, probe_init=False, layer_decay=1.0,
     class_weights=False, validation_size=0.0, mode="finetune", schedule="fixed",
 )
 PRESETS: dict[str, dict] = {"seed": SEED_PRESET, "default": {}}

@@ -44,6 +44,7 @@ from audioclf.model import (
     ModelBundle,
     build_model,
     check_model_reference,
+    encoder_layers,
     fit_whisper_window,
     freeze_front_end,
     freeze_lowest_layers,
@@ -201,13 +202,25 @@ def _weighted_loss(weights: torch.Tensor):
 
 
 def _optimizer(model, options: TrainOptions):
-    """AdamW with the head (projector, classifier, layer weights) on its own learning rate."""
-    head, encoder = [], []
+    """AdamW with the head (projector, classifier, layer weights) on its own learning rate, and with layer_decay below
+    1 each encoder layer on `layer_decay` times the rate of the layer above it (the top one on the encoder's rate;
+    what lies below the layers, on the lowest layer's rate times layer_decay)."""
+    depth: dict[int, int] = {}  # id of an encoder layer's parameter -> layers above it
+    n_layers = 0
+    if options.layer_decay < 1:
+        layers = encoder_layers(model, "--layer-decay")
+        n_layers = len(layers)
+        depth = {id(param): n_layers - 1 - index for index, layer in enumerate(layers) for param in layer.parameters()}
+    head, encoder = [], {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (head if name.split(".")[0] in ("projector", "classifier", "layer_weights") else encoder).append(param)
+            if name.split(".")[0] in ("projector", "classifier", "layer_weights"):
+                head.append(param)
+            else:
+                encoder.setdefault(depth.get(id(param), n_layers), []).append(param)
     head_lr = options.head_learning_rate or options.learning_rate
-    groups = [{"params": encoder, "lr": options.learning_rate}, {"params": head, "lr": head_lr}]
+    groups = [{"params": params, "lr": options.learning_rate * options.layer_decay ** below}
+              for below, params in sorted(encoder.items())] + [{"params": head, "lr": head_lr}]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=options.weight_decay)
 
 
