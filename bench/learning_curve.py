@@ -38,6 +38,7 @@ from presets import make_digits  # noqa: E402
 from audioclf.backbone import ensure_backbone  # noqa: E402
 from audioclf.config import DataSpec, ModelOptions, resolve_options  # noqa: E402
 from audioclf.data import demo_manifest  # noqa: E402
+from audioclf.errors import DataError  # noqa: E402
 from audioclf.train import train  # noqa: E402
 
 MODES = ("probe", "finetune", "best")
@@ -60,15 +61,19 @@ def measure(manifest: Path, backbone: Path, seed: int, work: Path) -> dict:
     best = run(manifest, backbone, "best", seed, work / "best")
     rows = {"probe": {"accuracy": probe["metrics"]["test"]["accuracy"], "seconds": probe["seconds"]},
             "best": {"accuracy": best["metrics"]["test"]["accuracy"], "seconds": best["seconds"],
-                     "kept": best["metrics"]["kept"], "schedule": best["metrics"].get("schedule")}}
+                     "kept": best["metrics"]["kept"]}}
     candidates = best["metrics"]["candidates"]
     assert candidates["probe"]["test"]["accuracy"] == rows["probe"]["accuracy"], "the default's probe is probe mode's"
     if "finetune" in candidates:
         rows["finetune"] = {"accuracy": candidates["finetune"]["test"]["accuracy"],
                             "seconds": candidates["finetune"]["seconds"], "phase": True}
     else:
-        alone = run(manifest, backbone, "finetune", seed, work / "finetune")
-        rows["finetune"] = {"accuracy": alone["metrics"]["test"]["accuracy"], "seconds": alone["seconds"]}
+        try:
+            alone = run(manifest, backbone, "finetune", seed, work / "finetune")
+            rows["finetune"] = {"accuracy": alone["metrics"]["test"]["accuracy"], "seconds": alone["seconds"]}
+        except DataError as e:  # too few clips for any voice-disjoint validation share: fine-tuning cannot run
+            print(f"  finetune: {e}", flush=True)
+            rows["finetune"] = {"accuracy": None, "seconds": None}
     rows["clips"] = best["metrics"]["data"]["clips"]
     return rows
 
@@ -109,15 +114,20 @@ def print_table(results: list[dict]) -> None:
     for row in results:
         groups.setdefault((row["dataset"], row["clips_per_label"]), []).append(row)
     for (dataset, size), rows in groups.items():
-        accuracy = {mode: float(np.mean([row[mode]["accuracy"] for row in rows])) for mode in MODES}
-        seconds = {mode: float(np.mean([row[mode]["seconds"] for row in rows])) for mode in MODES}
+        def mean(mode: str, key: str):
+            values = [row[mode][key] for row in rows if row[mode][key] is not None]
+            return float(np.mean(values)) if values else None
+
+        def shown(value, width: int, digits: int) -> str:
+            return f"{'-':>{width}}" if value is None else f"{value:{width}.{digits}f}"
+
         phase = "*" if any(row["finetune"].get("phase") for row in rows) else " "
-        gap = float(np.mean([row["best"]["accuracy"] - max(row["probe"]["accuracy"], row["finetune"]["accuracy"])
+        gap = float(np.mean([row["best"]["accuracy"] - max(row["probe"]["accuracy"], row["finetune"]["accuracy"] or 0.0)
                              for row in rows]))
         kept = ",".join(row["best"]["kept"] for row in rows)
-        print(f"{dataset:7} {size:11d} {len(rows):5d} " + " ".join(f"{accuracy[mode]:12.3f}" for mode in MODES)
-              + f" {gap:+10.3f} " + " ".join(f"{seconds[mode]:10.1f}" for mode in MODES[:1])
-              + f" {seconds['finetune']:9.1f}{phase} {seconds['best']:10.1f}  {kept}")
+        print(f"{dataset:7} {size:11d} {len(rows):5d} " + " ".join(shown(mean(mode, "accuracy"), 12, 3) for mode in MODES)
+              + f" {gap:+10.3f} " + shown(mean("probe", "seconds"), 10, 1) + " " + shown(mean("finetune", "seconds"), 9, 1)
+              + phase + " " + shown(mean("best", "seconds"), 10, 1) + f"  {kept}")
     print("(* the default run's fine-tuning phase; best - max: the default's accuracy minus the better of the other "
           "two, per seed, averaged)")
 

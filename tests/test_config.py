@@ -61,7 +61,6 @@ CHOICES = {
     (TrainOptions, "preset"): ["default", "seed"],
     (TrainOptions, "train_crop"): ["random", "center", "start"],
     (TrainOptions, "eval_crop"): ["random", "center", "start"],
-    (TrainOptions, "schedule"): ["by-size", "fixed"],
     (InferOptions, "backend"): ["torch", "onnx"],
 }
 

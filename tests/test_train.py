@@ -4,7 +4,6 @@ the output appears only when complete, the resolved config round-trips, and mist
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from dataclasses import replace
@@ -22,8 +21,7 @@ from typer.testing import CliRunner
 import audioclf
 import audioclf.errors
 from audioclf.cli import app
-from audioclf.config import (SMALL_DATA_CLIPS_PER_LABEL, SMALL_DATA_SCHEDULE, DataSpec, ModelOptions, TrainOptions,
-                             read_config_file, resolve_options, resolve_run, schedule_for)
+from audioclf.config import DataSpec, ModelOptions, read_config_file, resolve_options, resolve_run
 from audioclf.errors import OutputExistsError
 from audioclf.model import build_model
 from audioclf.data import load_clips
@@ -627,37 +625,6 @@ def test_the_validation_share_is_group_disjoint_with_every_labels_minimum(tmp_pa
     assert not set(held["train"]["speaker"]) & set(held["validation"]["speaker"])
     assert np.bincount(held["validation"]["label"], minlength=3).min() >= 3
     assert np.bincount(held["train"]["label"], minlength=3).min() >= 3
-
-
-# --- the schedule chosen by the data's size -----------------------------------------------------------------------
-
-
-def test_the_default_preset_fine_tunes_small_data_on_its_small_data_schedule():
-    small = SMALL_DATA_SCHEDULE["default"]
-    options = resolve_options("default", {})
-    assert small and set(small) <= {f.name for f in dataclasses.fields(TrainOptions)}
-    gentle, changed = schedule_for(options, SMALL_DATA_CLIPS_PER_LABEL - 1)
-    assert changed == small and all(getattr(gentle, name) == value for name, value in small.items())
-    assert schedule_for(options, SMALL_DATA_CLIPS_PER_LABEL) == (options, {})  # enough clips: the preset as it is
-    fixed = replace(options, schedule="fixed")
-    assert schedule_for(fixed, 2) == (fixed, {})
-    name, value = next(iter(small.items()))
-    given = resolve_options("default", {name: value * 2 if not isinstance(value, bool) else not value})
-    kept, changed = schedule_for(given, 2)
-    assert getattr(kept, name) == getattr(given, name) and name not in changed  # a flag that set it wins
-    assert schedule_for(resolve_options("seed", {}), 2)[1] == {}  # the guide's recipe stays the guide's
-
-
-def test_a_run_records_its_clips_per_label_and_the_schedule_it_took(small_tones, tmp_path):
-    result = train(DataSpec(data=str(small_tones)), ModelOptions(model_config="tiny-wav2vec2"),
-                   _quick(schedule="by-size"), tmp_path / "model", progress=False, echo=lambda line: None)
-    schedule = result.metrics["schedule"]
-    assert schedule["clips_per_label"] == 4.0  # 6 clips of each label: 1 for testing, 1 for validation
-    assert schedule["small_data"] and schedule["changed"] == {
-        name: value for name, value in SMALL_DATA_SCHEDULE["default"].items()
-        if getattr(resolve_options("default", {}), name) == getattr(_quick(), name)}
-    saved = json.loads((tmp_path / "model" / "train_config.json").read_text())["train"]
-    assert all(saved[name] == value for name, value in schedule["changed"].items())  # --config repeats the run
 
 
 def test_layer_decay_gives_each_lower_layer_a_lower_learning_rate():

@@ -19,7 +19,6 @@ CROPS = ("random", "center", "start")
 MODES = ("best", "probe", "finetune")
 # Earlier names of modes, still taken: "full" was fine-tuning's name before the default kept the better of the two.
 MODE_ALIASES = {"full": "finetune"}
-SCHEDULES = ("by-size", "fixed")
 PRESET_NAMES = ("default", "seed")  # the keys of PRESETS, which is defined below TrainOptions
 SEED_RANGE = (0, 2**32 - 1)  # what every seeded library takes (numpy's legacy seed is the narrowest)
 # The per-window option has this one name on the CLI (--segments), the HTTP API (?segments=true) and the web page;
@@ -233,10 +232,6 @@ class TrainOptions:
         default=3, metadata={"help": "Fewest validation clips of every label: the held-out share grows to hold them where every label keeps as many for training. Where it cannot, the probe head is chosen by cross-validation on the training clips, and the 'best' mode keeps it without fine-tuning.",
                              "valid": at_least(1)}
     )
-    schedule: str = field(
-        default="by-size", metadata={"help": "'by-size': with fewer training clips per label than the preset's small-data threshold, fine-tune on its gentler small-data schedule (the options it sets that are still at the preset's values); 'fixed': the options as they are.",
-                                     "choices": SCHEDULES}
-    )
     seed: int = field(default=42, metadata={"help": "Random seed for the model head, crops, splits and data order.", "valid": Range(*SEED_RANGE)})
     threads: int | None = field(default=None, metadata={"help": "CPU threads for torch, per process (default: torch's choice; with --nproc on a CPU, the cores shared out between the processes).", "valid": at_least(1)})
     nproc: int = field(
@@ -349,28 +344,10 @@ SEED_PRESET = dict(
     max_seconds=1.0, train_crop="start", eval_crop="start", learning_rate=3e-5, head_learning_rate=None,
     batch_size=32, eval_batch_size=32, gradient_accumulation_steps=4, epochs=10, warmup_ratio=0.1,
     weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0, spec_augment=0.0, probe_init=False, layer_decay=1.0,
-    class_weights=False, validation_size=0.0, mode="finetune", schedule="fixed",
+    class_weights=False, validation_size=0.0, mode="finetune",
 )
 PRESETS: dict[str, dict] = {"seed": SEED_PRESET, "default": {}}
 assert set(PRESETS) == set(PRESET_NAMES)
-
-
-# The default preset's schedule for small data, measured on subsets of the demo data (README: "Small data"): below
-# SMALL_DATA_CLIPS_PER_LABEL training clips per label (the median label's), these replace the preset's values.
-SMALL_DATA_CLIPS_PER_LABEL = 32
-SMALL_DATA_SCHEDULE: dict[str, dict] = {"default": {}}
-
-
-def schedule_for(options: TrainOptions, clips_per_label: float) -> tuple[TrainOptions, dict]:
-    """The options to fine-tune with on data of `clips_per_label` training clips per label, and what that changed:
-    with schedule 'by-size' and fewer clips than SMALL_DATA_CLIPS_PER_LABEL, the preset's small-data values, for the
-    options still at the preset's own values (a flag or config file that set one keeps it)."""
-    small = SMALL_DATA_SCHEDULE.get(options.preset, {})
-    if options.schedule != "by-size" or clips_per_label >= SMALL_DATA_CLIPS_PER_LABEL or not small:
-        return options, {}
-    preset = resolve_options(options.preset, {})
-    changed = {name: value for name, value in small.items() if getattr(options, name) == getattr(preset, name)}
-    return replace(options, **changed), changed
 
 
 def resolve_options(preset: str, overrides: dict) -> TrainOptions:

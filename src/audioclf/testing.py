@@ -109,7 +109,6 @@ TINY_TRAINING = dict(
     learning_rate=1e-3, head_learning_rate=1e-2, batch_size=4, eval_batch_size=16, epochs=8, warmup_ratio=0.0,
     validation_size=0.2, early_stopping_patience=0, threads=1,
     spec_augment=0.0,  # a tone lives in a few mel bins: a frequency mask can hide all a random model has to go on
-    schedule="fixed",  # a few dozen clips are "small data": its gentler schedule is for pretrained encoders
 )
 
 

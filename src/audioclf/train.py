@@ -29,7 +29,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from audioclf import card, files
-from audioclf.config import SMALL_DATA_CLIPS_PER_LABEL, DataSpec, ModelOptions, TrainOptions, schedule_for
+from audioclf.config import DataSpec, ModelOptions, TrainOptions
 from audioclf.data import ClipSet, clip_samples, load_clips, skipped_summary, split_dataset
 from audioclf.distributed import Processes
 from audioclf.errors import ConfigError, DataError, HubError, OutputError
@@ -413,18 +413,10 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
          + (f", {len(test_split)} test clips" if test_split is not None else " clips"))
     for line in skipped_summary(clips.problems, f"{output / files.METRICS_FILE} (problems)"):
         echo(line)
-    clips_per_label = float(np.median(np.bincount(np.asarray(train_split.with_format(None)["label"]),
-                                                  minlength=len(clips.labels))))
-    options, scheduled = schedule_for(options, clips_per_label)
-    if scheduled:
-        echo(f"schedule: {clips_per_label:g} training clips per label (fewer than {SMALL_DATA_CLIPS_PER_LABEL}), so "
-             + ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
-                         for name, value in scheduled.items()))
     splits = (train_split, eval_split, test_split)
     metrics = {"labels": clips.labels, "problems": [asdict(p) for p in clips.problems],
                "data": card.data_record(data, clips, dict(zip(("train", "validation", "test"), splits))),
-               "threads": torch.get_num_threads(),
-               "schedule": {"clips_per_label": clips_per_label, "small_data": bool(scheduled), "changed": scheduled}}
+               "threads": torch.get_num_threads()}
 
     # The candidates: the probe head on the frozen encoder (probe and best modes), the fine-tuned model (finetune and
     # best modes, where there are evaluation clips to judge its epochs); best keeps whichever validates better.
