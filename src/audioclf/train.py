@@ -2,7 +2,8 @@
 
 `train()` reads top to bottom in the order of the work: check the output, load the clips, pick the window,
 build the model, fit its head on the frozen encoder (probe.fit_head), fine-tune it with the Trainer (or, in probe
-mode, stop there), evaluate, and write the model directory atomically.
+mode, stop there), keep whichever of the two validates better (best mode, the default), evaluate, and write the
+model directory atomically.
 
 It runs the same in one process or in several (torchrun, accelerate launch, `audioclf train --nproc`; the plumbing
 is in audioclf.distributed): every process computes its share, the Trainer handles DDP, and only the main process
@@ -439,7 +440,7 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     if options.mode == "finetune" or options.mode == "best" and eval_split is not None:
         bundle, window, featurizer = _built(model_opts, clips, train_split, options, processes, echo)
         candidate_started = time.monotonic()
-        _, fine_tuned = _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints,
+        fine_tuned = _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints,
                                    last_checkpoint, processes, progress, echo, callbacks)
         candidates["finetune"] = {"bundle": bundle, "window": window, "metrics": fine_tuned,
                                   "seconds": round(time.monotonic() - candidate_started, 1)}
@@ -562,7 +563,7 @@ class _AugmentationEpoch(TrainerCallback):
 def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints, resume_from, processes, progress,
                echo, callbacks):
     """The Trainer run: lazy crops and features, optional probe-fitted head, early stopping on accuracy.
-    Returns the trainer (its best model is in bundle.model) and the metrics it measured."""
+    Its best model is left in bundle.model; returns the metrics it measured."""
     train_split, eval_split, test_split = splits
     train_transform = ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed,
                                     options.speed_perturbation,
@@ -609,7 +610,7 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
     if head_fit is not None:
         metrics["probe_init"] = head_fit
     bundle.model = trainer.model
-    return trainer, metrics
+    return metrics
 
 
 def _train_probe(bundle, featurizer, splits, window, options, processes, echo, progress, group_column=None) -> dict:
