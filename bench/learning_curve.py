@@ -15,7 +15,8 @@ with the default preset:
 
 Test accuracy scores every window of each clip, as `audioclf evaluate` does. Run by hand (not a test):
 
-    python bench/learning_curve.py [--sizes 2,4,8,16,32,64] [--seeds 2] [--seeded-up-to 16] [--output results.json]
+    python bench/learning_curve.py [--sizes 2,4,8,16,32,64] [--seeds 2] [--seeded-up-to 16] [--first-seed 0]
+                                   [--datasets demo,digits] [--output results.json]
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="2,4,8,16,32,64", help="Training clips per label, comma-separated.")
     parser.add_argument("--seeds", type=int, default=2, help="Seeds (training draws and runs) per size.")
+    parser.add_argument("--first-seed", type=int, default=0, help="The first of them (to add seeds to a run).")
     parser.add_argument("--seeded-up-to", type=int, default=16, help="Sizes above this run the first seed only.")
     parser.add_argument("--datasets", default="demo,digits", help="Which of demo, digits.")
     parser.add_argument("--output", type=Path, help="Write every run's figures here as JSON.")
@@ -96,7 +98,7 @@ def main() -> None:
         for dataset in args.datasets.split(","):
             rows = sources[dataset]()
             for size in sizes:
-                for seed in range(args.seeds if size <= args.seeded_up_to else 1):
+                for seed in range(args.first_seed, args.first_seed + (args.seeds if size <= args.seeded_up_to else 1)):
                     work = scratch / f"{dataset}-{size}-{seed}"
                     manifest = subsample(rows, size, work / "data", seed)
                     measured = measure(manifest, backbone, seed, work)
