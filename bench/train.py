@@ -1,4 +1,4 @@
-"""Probe vs full fine-tuning on the bundled demo data, side by side in one run (run by hand, not in CI).
+"""Probe vs fine-tuning (--mode finetune) on the bundled demo data, side by side in one run (run by hand, not in CI).
 
     python bench/train.py [--backbone DIR] [--output DIR]
 
@@ -41,11 +41,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = args.output or Path(scratch)
         os.environ["AUDIOCLF_HOME"] = str(Path(scratch) / "home")  # a cold feature cache, so caching is timed
-        results = {mode: run(mode, backbone, root / mode) for mode in ("probe", "full")}
-    probe, full = results["probe"], results["full"]
-    print(f"\n{'mode':6} {'wall s':>8} {'test accuracy':>14}")
+        results = {mode: run(mode, backbone, root / mode) for mode in ("probe", "finetune")}
+    probe, full = results["probe"], results["finetune"]
+    print(f"\n{'mode':8} {'wall s':>8} {'test accuracy':>14}")
     for mode, r in results.items():
-        print(f"{mode:6} {r['seconds']:8.1f} {r['accuracy']:14.3f}")
+        print(f"{mode:8} {r['seconds']:8.1f} {r['accuracy']:14.3f}")
     speedup, gap = full["seconds"] / probe["seconds"], full["accuracy"] - probe["accuracy"]
     print(f"\nprobe speed-up over full: {speedup:.1f}x (target >= 10x: {'met' if speedup >= 10 else 'NOT met'})")
     print(f"accuracy, full minus probe: {gap:+.3f} (target <= 0.02: {'met' if gap <= 0.02 else 'NOT met'})")

@@ -90,7 +90,7 @@ def test_the_card_describes_labels_data_recipe_results_window_use_and_limits(mod
     assert f"| {test['accuracy']:.4f} | {test['macro_f1']:.4f} |" in text
     assert "![Confusion matrix" in text and (model_dir / "confusion.png").read_bytes().startswith(PNG_SIGNATURE)
     # the recipe: its preset and every option it changed, with the preset's value
-    assert "Preset `default`, mode `full`" in text
+    assert "Preset `default`, mode `best`" in text
     assert "| `epochs` | `2` | `12` |" in text and "| `group_column` | `speaker` | `none` |" in text
     assert "| `mode` |" not in text  # unchanged options are not listed
     # the window of "One answer per clip": 10 s for a model without a fixed one, windows averaged
@@ -157,7 +157,7 @@ def test_a_probe_run_says_what_its_validation_clips_chose(model_dir, tmp_path):
     text = ModelCard.load(directory / "README.md").text
     assert "a head trained in probe mode on the frozen encoder of `someone/encoder`" in text
     assert "were held out to choose the head's layers and L2 strength" in text
-    assert "(layer 2, L2 strength C=0.3)" in text and "| `mode` | `probe` | `full` |" in text
+    assert "(layer 2, L2 strength C=0.3)" in text and "| `mode` | `probe` | `best` |" in text
 
 
 def test_the_demo_data_card_says_its_voices_are_synthetic(model_dir, tmp_path):

@@ -30,6 +30,8 @@ NUMERIC = {
     (TrainOptions, "logging_steps"): ([0], [1], "1 or more"),
     (TrainOptions, "early_stopping_patience"): ([-1, 1.5], [None, 0], "0 or more"),
     (TrainOptions, "freeze_layers"): ([-1], [0, 3], "0 or more"),
+    (TrainOptions, "validation_min_clips"): ([0, -1], [1, 3], "1 or more"),
+    (TrainOptions, "layer_decay"): ([0, -0.5, 1.5, NAN], [0.5, 1], "positive and at most 1"),
     (TrainOptions, "speed_perturbation"): ([-0.1, 0.5, NAN], [0, 0.49], "in [0, 0.5) (a fraction of the speed)"),
     (TrainOptions, "spec_augment"): ([-0.1, 1, NAN], [0, 0.99], "in [0, 1) (a share of the frames)"),
     (TrainOptions, "validation_size"): ([-0.1, 1, NAN], [0, 0.5], "in [0, 1) (a share of the training clips)"),
@@ -55,7 +57,7 @@ NUMERIC = {
     (ServeSettings, "max_header_kb"): ([0], [1], "1 or more"),
 }
 CHOICES = {
-    (TrainOptions, "mode"): ["full", "probe"],
+    (TrainOptions, "mode"): ["best", "probe", "finetune"],
     (TrainOptions, "preset"): ["default", "seed"],
     (TrainOptions, "train_crop"): ["random", "center", "start"],
     (TrainOptions, "eval_crop"): ["random", "center", "start"],
@@ -149,3 +151,10 @@ def test_a_config_file_value_is_checked_like_a_flag(tmp_path):
     with pytest.raises(ConfigError) as refused:
         resolve_run(read_config_file(config))
     assert str(refused.value) == "--learning-rate nan: not a finite number; must be positive and at most 1"
+
+
+def test_full_is_finetunes_earlier_name():
+    """`--mode full` (and a train_config.json of a run from before the best mode) means fine-tuning alone."""
+    assert TrainOptions(mode="full").mode == "finetune"
+    assert TrainOptions().mode == "best"
+    assert resolve_options("seed", {}).mode == "finetune"  # the guide's recipe fine-tunes, keeps no probe

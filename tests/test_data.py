@@ -771,3 +771,13 @@ def test_an_unwritable_cache_or_a_full_disk_is_a_data_error(tmp_path, monkeypatc
     with pytest.raises(DataError, match=r"No space left on device.*free some space there or point HF_DATASETS_CACHE"):
         load(manifest)
     assert [p.name for p in (tmp_path / "hf_cache").rglob("*") if p.is_file()] == []
+
+
+def test_a_split_with_a_minimum_per_label_holds_it_on_both_sides_or_explains():
+    ds = datasets.Dataset.from_dict({"label": [0] * 10 + [1] * 6}).cast_column(
+        "label", datasets.ClassLabel(names=["yes", "no"]))
+    held = split_dataset(ds, 0.1, 0, None, min_per_label=3)
+    assert np.bincount(held["test"]["label"]).tolist() == [3, 3]  # 10 % would be 1 and 1
+    assert np.bincount(held["train"]["label"]).tolist() == [7, 3]
+    with pytest.raises(DataError, match="label 'no' has 6 clips; it needs at least 8 to have 4 in both"):
+        split_dataset(ds, 0.1, 0, None, min_per_label=4)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -14,7 +15,7 @@ import pytest
 import torch
 import transformers
 import yaml
-from transformers import TrainerCallback
+from transformers import AutoModelForAudioClassification, TrainerCallback
 from typer.testing import CliRunner
 
 import audioclf
@@ -23,8 +24,10 @@ from audioclf.cli import app
 from audioclf.config import DataSpec, ModelOptions, read_config_file, resolve_options, resolve_run
 from audioclf.errors import OutputExistsError
 from audioclf.model import build_model
-from audioclf.testing import TONE_CLASSES, class_clip, make_folder_dataset, tiny_train_options, write_clip
-from audioclf.train import training_arguments, train
+from audioclf.data import load_clips
+from audioclf.testing import (TONE_CLASSES, class_clip, make_folder_dataset, make_manifest_dataset, tiny_train_options,
+                              write_clip)
+from audioclf.train import _optimizer, keep_better, training_arguments, train, validation_share
 
 runner = CliRunner()
 LABELS = ["high", "low", "noise"]  # the folder's labels, in the sorted order training gives them ids
@@ -522,3 +525,137 @@ def test_evaluate_on_labels_the_model_was_not_built_for(small_tones, tmp_path):
 
     line = _assert_one_line_error(result, "cat", "dog")
     assert all(label in line for label in LABELS)
+
+
+# --- the best mode: probe, fine-tune, keep the better ------------------------------------------------------------
+
+
+def test_keep_better_takes_the_higher_accuracy_then_the_lower_loss_then_the_probe():
+    assert keep_better({"probe": {"accuracy": 0.7, "loss": 0.9}, "finetune": {"accuracy": 0.6, "loss": 0.5}}) == "probe"
+    assert keep_better({"probe": {"accuracy": 0.6, "loss": 0.5}, "finetune": {"accuracy": 0.7, "loss": 0.9}}) == "finetune"
+    assert keep_better({"probe": {"accuracy": 0.7, "loss": 0.9}, "finetune": {"accuracy": 0.7, "loss": 0.5}}) == "finetune"
+    assert keep_better({"probe": {"accuracy": 0.7, "loss": 0.5}, "finetune": {"accuracy": 0.7, "loss": 0.5}}) == "probe"
+    assert keep_better({"finetune": {"accuracy": 0.1, "loss": 9.0}}) == "finetune"
+
+
+def _saved_encoder(directory: Path, silent_projection: bool = False) -> Path:
+    """A tiny random wav2vec2 saved as a checkpoint to start from (--model), so the best mode probes it. With
+    `silent_projection` the feature projection is zero: every frame of every clip is the same to the frozen encoder,
+    so no probe can tell the labels apart, while fine-tuning can grow the projection and learn them."""
+    bundle = build_model("tiny-wav2vec2", LABELS, seed=0)
+    if silent_projection:
+        with torch.no_grad():
+            bundle.model.wav2vec2.feature_projection.projection.weight.zero_()
+            bundle.model.wav2vec2.feature_projection.projection.bias.zero_()
+    bundle.save(directory)
+    return directory
+
+
+def test_the_best_mode_keeps_the_probe_when_fine_tuning_does_worse(tones, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUDIOCLF_HOME", str(tmp_path / "home"))
+    encoder = _saved_encoder(tmp_path / "encoder")
+    # fine-tuning that cannot learn: a random head (no probe init) and a learning rate too small to move it
+    spoiled = dict(probe_init=False, learning_rate=1e-9, head_learning_rate=1e-9, epochs=1)
+    lines: list[str] = []
+    best = train(DataSpec(data=str(tones)), ModelOptions(model=str(encoder)), tiny_train_options(**spoiled),
+                 tmp_path / "best", progress=False, echo=lines.append)
+    probe = train(DataSpec(data=str(tones)), ModelOptions(model=str(encoder)), tiny_train_options(mode="probe"),
+                  tmp_path / "probe", progress=False, echo=lambda line: None)
+
+    metrics, candidates = best.metrics, best.metrics["candidates"]
+    assert metrics["kept"] == "probe"
+    assert candidates["probe"]["validation"]["accuracy"] > candidates["finetune"]["validation"]["accuracy"]
+    assert metrics["validation"] == candidates["probe"]["validation"] == probe.metrics["validation"]
+    assert any(line.startswith("kept: the probe (validation accuracy") for line in lines)
+    # the model kept is exactly what --mode probe trains: the same head, the same test figures
+    assert json.loads((tmp_path / "best" / "config.json").read_text())["use_weighted_layer_sum"] is True
+    kept, alone = (AutoModelForAudioClassification.from_pretrained(tmp_path / name).state_dict()
+                   for name in ("best", "probe"))
+    assert all(torch.equal(kept[name], alone[name]) for name in alone)
+    assert metrics["test"] == probe.metrics["test"]
+    assert candidates["probe"]["test"]["accuracy"] == metrics["test"]["accuracy"]
+    assert [row["epoch"] for row in candidates["finetune"]["history"]] == [1.0]
+    text = (tmp_path / "best" / "README.md").read_text()
+    assert "a head trained in probe mode on the frozen encoder of `encoder`" in text
+    assert "Mode `best` kept the probe head (validation accuracy" in text
+
+
+def test_the_best_mode_keeps_fine_tuning_when_the_frozen_encoder_tells_nothing(tones, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUDIOCLF_HOME", str(tmp_path / "home"))
+    encoder = _saved_encoder(tmp_path / "encoder", silent_projection=True)
+    learning = dict(probe_init=False, learning_rate=1e-2, head_learning_rate=1e-2)
+    result = train(DataSpec(data=str(tones)), ModelOptions(model=str(encoder)), tiny_train_options(**learning),
+                   tmp_path / "best", progress=False, echo=lambda line: None)
+    alone = train(DataSpec(data=str(tones)), ModelOptions(model=str(encoder)),
+                  tiny_train_options(mode="finetune", **learning), tmp_path / "finetune", progress=False,
+                  echo=lambda line: None)
+
+    metrics, candidates = result.metrics, result.metrics["candidates"]
+    assert candidates["probe"]["validation"]["accuracy"] <= 0.5  # constant features: one label for every clip
+    assert metrics["kept"] == "finetune"
+    assert candidates["finetune"]["validation"]["accuracy"] > candidates["probe"]["validation"]["accuracy"]
+    assert metrics["validation"] == candidates["finetune"]["validation"]
+    assert json.loads((tmp_path / "best" / "config.json").read_text())["use_weighted_layer_sum"] is False
+    assert candidates["finetune"]["test"]["accuracy"] == metrics["test"]["accuracy"] > 0.5  # chance is 1/3
+    assert "Mode `best` kept the fine-tuned model (validation accuracy" in (tmp_path / "best" / "README.md").read_text()
+    # the model kept is exactly what --mode finetune trains: same split, seed and Trainer run
+    assert metrics["history"] == alone.metrics["history"] and metrics["test"] == alone.metrics["test"]
+    kept, tuned = (AutoModelForAudioClassification.from_pretrained(tmp_path / name).state_dict()
+                   for name in ("best", "finetune"))
+    assert all(torch.equal(kept[name], tuned[name]) for name in tuned)
+
+
+def test_too_few_clips_to_validate_keep_the_probe_chosen_by_cross_validation(small_tones, tmp_path, monkeypatch):
+    """6 clips per label, 1 of them for testing: no share holds 3 of every label and leaves 3 to train on."""
+    monkeypatch.setenv("AUDIOCLF_HOME", str(tmp_path / "home"))
+    encoder = _saved_encoder(tmp_path / "encoder")
+    lines: list[str] = []
+    result = train(DataSpec(data=str(small_tones)), ModelOptions(model=str(encoder)), tiny_train_options(),
+                   tmp_path / "best", progress=False, echo=lines.append)
+
+    assert result.metrics["kept"] == "probe" and set(result.metrics["candidates"]) == {"probe"}
+    assert result.metrics["probe"]["chosen_by"] == "5-fold cross-validation"  # 5 training clips of every label
+    assert "validation" not in result.metrics["data"]["clips"]
+    assert sum(result.metrics["data"]["clips"]["train"].values()) == 15
+    assert any(line.startswith("fine-tuning: skipped; no validation share holds 3 clips") for line in lines)
+    text = (tmp_path / "best" / "README.md").read_text()
+    assert "chosen by 5-fold cross-validation on the training clips" in text
+    assert "without fine-tuning" in text
+
+
+def test_the_validation_share_grows_to_hold_every_labels_minimum(tones):
+    clips = load_clips(DataSpec(data=str(tones)), progress=False)  # 13 training clips of each label
+    for minimum in (1, 3, 5):
+        held = validation_share(clips.splits["train"], tiny_train_options(validation_size=0.1,
+                                                                         validation_min_clips=minimum), None)
+        for side in ("train", "validation"):
+            counts = np.bincount(held[side]["label"], minlength=3)
+            assert counts.min() >= minimum, (minimum, side, counts)
+        assert np.bincount(held["validation"]["label"]).tolist() == [max(1, minimum)] * 3  # 10 % of 13 is 1
+    too_many = tiny_train_options(validation_min_clips=7)  # 13 cannot keep 7 on both sides
+    assert validation_share(clips.splits["train"], too_many, None) is None
+    fine_tuning = validation_share(clips.splits["train"], tiny_train_options(validation_min_clips=7, mode="finetune"),
+                                   None)
+    assert np.bincount(fine_tuning["validation"]["label"]).min() >= 1  # its epochs need judging: one clip of each
+
+
+def test_the_validation_share_is_group_disjoint_with_every_labels_minimum(tmp_path):
+    manifest = make_manifest_dataset(tmp_path / "m", clips_per_label=12, seconds=0.1, groups=12)
+    clips = load_clips(DataSpec(data=str(manifest), group_column="speaker", test_size=0.25), progress=False)
+    held = validation_share(clips.splits["train"], tiny_train_options(validation_size=0.1), "speaker")
+    assert not set(held["train"]["speaker"]) & set(held["validation"]["speaker"])
+    assert np.bincount(held["validation"]["label"], minlength=3).min() >= 3
+    assert np.bincount(held["train"]["label"], minlength=3).min() >= 3
+
+
+def test_layer_decay_gives_each_lower_layer_a_lower_learning_rate():
+    model = build_model("tiny-wav2vec2", LABELS, seed=0).model  # two transformer layers
+    options = resolve_options("default", {"learning_rate": 1e-4, "head_learning_rate": 1e-3, "layer_decay": 0.5})
+    rate_of = {id(param): group["lr"] for group in _optimizer(model, options).param_groups for param in group["params"]}
+    named = dict(model.named_parameters())
+    assert rate_of[id(named["wav2vec2.encoder.layers.1.attention.k_proj.weight"])] == pytest.approx(1e-4)  # the top
+    assert rate_of[id(named["wav2vec2.encoder.layers.0.attention.k_proj.weight"])] == pytest.approx(5e-5)
+    assert rate_of[id(named["wav2vec2.feature_projection.projection.weight"])] == pytest.approx(2.5e-5)  # below them
+    assert rate_of[id(named["classifier.weight"])] == rate_of[id(named["projector.weight"])] == pytest.approx(1e-3)
+    undecayed = _optimizer(model, replace(options, layer_decay=1.0)).param_groups
+    assert [group["lr"] for group in undecayed] == [1e-4, 1e-3]  # one rate for the encoder, one for the head

@@ -219,7 +219,7 @@ def _title(facts: dict) -> str:
     if model.get("model"):
         base, shown = _base_model(facts), _shown_model(model["model"])
         named = f"`{base}` (the local checkpoint `{shown}`)" if base and base != shown else f"`{shown}`"
-        probe = (run.get("train") or {}).get("mode") == "probe"
+        probe = _kept_probe(facts)
         what += (f", a head trained in probe mode on the frozen encoder of {named}" if probe else
                  f", fine-tuned from {named}")
     elif model.get("model_config"):
@@ -276,10 +276,22 @@ def _data(facts: dict) -> str:
     if "validation" in source_splits:
         lines.append("Early stopping and the best epoch were decided on the source's validation split.")
     elif train.get("validation_size", 0) > 0:
-        purpose = ("to choose the head's layers and L2 strength (the final head was then fitted on them too)"
-                   if train.get("mode") == "probe" else "to pick the best epoch")
-        lines.append(f"{train['validation_size']:.0%} of the training clips"
-                     + (f", no `{group}` on both sides," if group else "") + f" were held out {purpose}.")
+        held_counts = record.get("clips") or {}
+        fit = facts["metrics"].get("probe") or {}
+        if "validation" not in held_counts and fit.get("chosen_by", "validation") != "validation":
+            lines.append(f"No share of the training clips could hold {train.get('validation_min_clips', 1)} clips of "
+                         f"every label for validation, so the head's layers and L2 strength were chosen by "
+                         f"{fit['chosen_by']} on the training clips, then fitted on all of them.")
+        else:
+            purpose = {"probe": "to choose the head's layers and L2 strength (the final head was then fitted on them "
+                                "too)",
+                       "best": "to choose the probe head, to pick the best fine-tuning epoch, and to choose between "
+                               "the two"}.get(train.get("mode"), "to pick the best epoch")
+            n_validation, n_train = (sum((held_counts.get(name) or {}).values()) for name in ("validation", "train"))
+            share = (f"{n_validation} of the {n_validation + n_train} training clips ({n_validation / (n_validation + n_train):.0%}"
+                     f", at least {train.get('validation_min_clips', 1)} of every label)" if n_validation else
+                     f"{train['validation_size']:.0%} of the training clips")
+            lines.append(share + (f", no `{group}` on both sides," if group else "") + f" were held out {purpose}.")
     elif train:
         lines.append("The best epoch was picked on the test clips, as the transformers guide does, so the test "
                      "figures are optimistic.")
@@ -327,6 +339,7 @@ def _recipe(facts: dict) -> str:
         lines += [f"| {row['epoch']:g} | {_number(row.get('train_loss'))} | {_number(row.get('eval_loss'))} | "
                   f"{_number(row.get('eval_accuracy'))} |" for row in history]
         lines += ["", "The model is the epoch with the best validation accuracy."]
+    lines += _kept_lines(metrics)
     probe = metrics.get("probe")
     if probe:
         lines += ["", f"The head is a logistic regression on the frozen encoder's pooled layers ({probe.get('mixture')}, "
@@ -335,6 +348,34 @@ def _recipe(facts: dict) -> str:
     if versions:
         lines += ["", "Versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()) + "."]
     return "\n".join(lines)
+
+
+def _kept_probe(facts: dict) -> bool:
+    """Whether the model is a probe head on the frozen encoder: probe mode's, or the one the best mode kept."""
+    return (facts["run"].get("train") or {}).get("mode") == "probe" or facts["metrics"].get("kept") == "probe"
+
+
+def _kept_lines(metrics: dict) -> list[str]:
+    """What the best mode kept, and the validation figures it chose on."""
+    kept, candidates = metrics.get("kept"), metrics.get("candidates") or {}
+    if kept is None:
+        return []
+    if "finetune" not in candidates:
+        return ["", "Mode `best` kept the probe head without fine-tuning: too few clips to judge the epochs of a "
+                    "fine-tuning run."]
+    if "probe" not in candidates:
+        return ["", f"Mode `best` fine-tuned alone, with no probe head to compare: {metrics.get('probe_skipped')}."]
+    probe, tuned = (candidates[name]["validation"] for name in ("probe", "finetune"))
+    figures = (f"validation accuracy {probe['accuracy']:.4f} for the probe head on the frozen encoder, "
+               f"{tuned['accuracy']:.4f} for the best fine-tuning epoch")
+    if kept == "probe":
+        epochs = candidates["finetune"].get("history") or []
+        table = ["", "| epoch | training loss | validation loss | validation accuracy |", "|---:|---:|---:|---:|"]
+        table += [f"| {row['epoch']:g} | {_number(row.get('train_loss'))} | {_number(row.get('eval_loss'))} | "
+                  f"{_number(row.get('eval_accuracy'))} |" for row in epochs]
+        return ["", f"Mode `best` kept the probe head ({figures}): fine-tuning did not validate better, so the model "
+                    "is the probe. The fine-tuning epochs it was compared with:", *(table if epochs else [])]
+    return ["", f"Mode `best` kept the fine-tuned model ({figures})."]
 
 
 def _changed_options(run: dict) -> list[tuple[str, object, object]]:

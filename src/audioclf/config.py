@@ -17,7 +17,9 @@ from pathlib import Path
 from audioclf.errors import ConfigError
 
 CROPS = ("random", "center", "start")
-MODES = ("full", "probe")
+MODES = ("best", "probe", "finetune")
+# Earlier names of modes, still taken: "full" was fine-tuning's name before the default kept the better of the two.
+MODE_ALIASES = {"full": "finetune"}
 PRESET_NAMES = ("default", "seed")  # the keys of PRESETS, which is defined below TrainOptions
 SEED_RANGE = (0, 2**32 - 1)  # what every seeded library takes (numpy's legacy seed is the narrowest)
 # The per-window option has this one name on the CLI (--segments), the HTTP API (?segments=true) and the web page;
@@ -198,7 +200,7 @@ class ModelOptions:
 
 @dataclass
 class TrainOptions:
-    mode: str = field(default="full", metadata={"help": "'full' fine-tunes the encoder; 'probe' keeps it frozen, caches its per-layer outputs once and trains only the head (seconds).", "choices": MODES})
+    mode: str = field(default="best", metadata={"help": "'best' fits the probe head, fine-tunes from it, and keeps whichever of the two validates better; 'probe' keeps the encoder frozen, caches its per-layer outputs once and trains only the head (seconds); 'finetune' (or 'full') fine-tunes the encoder and keeps its best epoch.", "choices": MODES})
     preset: str = field(default="default", metadata={"help": "Starting values: 'default' (learns on a CPU) or 'seed' (the guide's recipe).", "choices": PRESET_NAMES})
     max_seconds: float | None = field(
         default=None, metadata={"help": "Clip window in seconds; default: the 90th percentile of training clip durations, rounded up.",
@@ -219,6 +221,10 @@ class TrainOptions:
         default=4, metadata={"help": "Stop after this many evaluations without a better accuracy (0 or none: never).",
                              "valid": at_least(0)}
     )
+    layer_decay: float = field(
+        default=1.0, metadata={"help": "Layer-wise learning-rate decay: each encoder layer learns at this times the rate of the layer above it, the top layer at --learning-rate, the parts below the layers at the lowest layer's rate times this (1: one rate for the whole encoder).",
+                               "valid": positive(1.0)}
+    )
     freeze_front_end: bool = field(default=True, metadata={"help": "Freeze the convolutional feature encoder."})
     freeze_layers: int = field(default=0, metadata={"help": "Also freeze this many of the encoder's lowest transformer layers.", "valid": at_least(0)})
     speed_perturbation: float = field(
@@ -237,6 +243,10 @@ class TrainOptions:
         default=0.1, metadata={"help": "Share of training clips held out for early stopping (0: evaluate on the test split, as the guide does).",
                                "valid": share("a share of the training clips")}
     )
+    validation_min_clips: int = field(
+        default=3, metadata={"help": "Fewest validation clips of every label: the held-out share grows to hold them where every label keeps as many for training. Where it cannot, the probe head is chosen by cross-validation on the training clips, and the 'best' mode keeps it without fine-tuning.",
+                             "valid": at_least(1)}
+    )
     seed: int = field(default=42, metadata={"help": "Random seed for the model head, crops, splits and data order.", "valid": Range(*SEED_RANGE)})
     threads: int | None = field(default=None, metadata={"help": "CPU threads for torch, per process (default: torch's choice; with --nproc on a CPU, the cores shared out between the processes).", "valid": at_least(1)})
     nproc: int = field(
@@ -245,6 +255,8 @@ class TrainOptions:
     )
 
     def __post_init__(self):
+        if isinstance(self.mode, str):
+            self.mode = MODE_ALIASES.get(self.mode, self.mode)
         check_options(self)
 
 
@@ -351,8 +363,8 @@ class ServeSettings:
 SEED_PRESET = dict(
     max_seconds=1.0, train_crop="start", eval_crop="start", learning_rate=3e-5, head_learning_rate=None,
     batch_size=32, eval_batch_size=32, gradient_accumulation_steps=4, epochs=10, warmup_ratio=0.1,
-    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0, spec_augment=0.0, probe_init=False,
-    class_weights=False, validation_size=0.0,
+    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0, spec_augment=0.0, probe_init=False, layer_decay=1.0,
+    class_weights=False, validation_size=0.0, mode="finetune",
 )
 PRESETS: dict[str, dict] = {"seed": SEED_PRESET, "default": {}}
 assert set(PRESETS) == set(PRESET_NAMES)

@@ -248,11 +248,13 @@ def split_dataset(
     group_column: str | None,
     names: tuple[str, str] = ("train", "test"),
     found: bool = False,
+    min_per_label: int = 1,
 ) -> datasets.DatasetDict:
     """Split by `label`, seeded: stratified, or group-disjoint when `group_column` is given (`found`: found in
     the data by `group_column_of`, not given, which the messages say).
 
-    Both sides get every label; where that is impossible a DataError says why. Rows keep their order.
+    Both sides get at least `min_per_label` clips of every label, the held-out side more than `test_size` of them
+    where that takes more; where that is impossible a DataError says why. Rows keep their order.
     """
     if not 0.0 < test_size < 1.0:
         raise ConfigError(f"--test-size {test_size} must be between 0 and 1 (a fraction of the clips)")
@@ -260,7 +262,7 @@ def split_dataset(
     label_names = _label_namer(ds)
     rng = np.random.default_rng(seed)
     if group_column is None:
-        test_rows = _stratified_test_rows(labels, test_size, rng, label_names)
+        test_rows = _stratified_test_rows(labels, test_size, rng, label_names, min_per_label)
     else:
         if group_column not in ds.column_names:
             raise ColumnError("--group-column", group_column, ds.column_names, "the clips")
@@ -268,7 +270,7 @@ def split_dataset(
         without = ("split clip by clip with --group-column none (the column was found in the data)" if found
                    else "split without --group-column")
         test_rows = _grouped_test_rows(labels, group_names, group_of_row, test_size, rng, label_names, group_column,
-                                       without)
+                                       without, min_per_label)
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[test_rows] = True
     return datasets.DatasetDict(
@@ -1119,15 +1121,17 @@ def _group_codes(ds: datasets.Dataset, column: str) -> tuple[np.ndarray, np.ndar
     return np.unique(np.asarray([str(g) for g in values.to_pylist()], dtype=object), return_inverse=True)
 
 
-def _stratified_test_rows(labels: np.ndarray, test_size: float, rng: np.random.Generator, name: Callable) -> np.ndarray:
+def _stratified_test_rows(labels: np.ndarray, test_size: float, rng: np.random.Generator, name: Callable,
+                          min_per_label: int = 1) -> np.ndarray:
     test = [np.zeros(0, dtype=np.int64)]
     for label in np.unique(labels):
         rows = rng.permutation(np.flatnonzero(labels == label))
-        if len(rows) < 2:
+        if len(rows) < 2 * min_per_label:
             raise DataError(
-                f"label {name(label)!r} has {len(rows)} clip; it needs at least 2 to be in both the train and test split"
+                f"label {name(label)!r} has {len(rows)} clip{'s' if len(rows) != 1 else ''}; it needs at least "
+                f"{2 * min_per_label} to have {min_per_label} in both the train and test split"
             )
-        n_test = min(max(int(round(test_size * len(rows))), 1), len(rows) - 1)
+        n_test = min(max(int(round(test_size * len(rows))), min_per_label), len(rows) - min_per_label)
         test.append(rows[:n_test])
     return np.sort(np.concatenate(test).astype(np.int64))
 
@@ -1137,9 +1141,10 @@ GROUP_SPLIT_ATTEMPTS = 64  # seeded random group orders tried; the one closest t
 
 def _grouped_test_rows(
     labels: np.ndarray, group_names: np.ndarray, group_of_row: np.ndarray, test_size: float, rng: np.random.Generator,
-    name: Callable, group_column: str, without: str,
+    name: Callable, group_column: str, without: str, min_per_label: int = 1,
 ) -> np.ndarray:
-    """Choose whole groups for the test side so that both sides hold every label and the size is near test_size."""
+    """Choose whole groups for the test side so that both sides hold `min_per_label` clips of every label and the
+    size is near test_size (or above it, where the minimum takes more)."""
     label_values, label_of_row = np.unique(labels, return_inverse=True)
     # counts[g, l]: clips of label l in group g
     counts = np.zeros((len(group_names), len(label_values)), dtype=np.int64)
@@ -1161,30 +1166,31 @@ def _grouped_test_rows(
         in_test = np.zeros(len(group_names), dtype=bool)
         test_counts = np.zeros(len(label_values), dtype=np.int64)
 
-        def can_take(g: int) -> bool:  # the train side must keep a clip of every label
-            return bool(np.all(totals - test_counts - counts[g] > 0))
+        def can_take(g: int) -> bool:  # the train side must keep min_per_label clips of every label
+            return bool(np.all(totals - test_counts - counts[g] >= min_per_label))
 
         def take(g: int) -> None:
             in_test[g] = True
             test_counts[:] += counts[g]
 
-        for li in rng.permutation(len(label_values)):  # first every label onto the test side
-            if test_counts[li]:
-                continue
-            candidates = [g for g in rng.permutation(np.flatnonzero(counts[:, li])) if not in_test[g] and can_take(g)]
-            if candidates:
+        for li in rng.permutation(len(label_values)):  # first every label onto the test side, min_per_label times
+            while test_counts[li] < min_per_label:
+                candidates = [g for g in rng.permutation(np.flatnonzero(counts[:, li])) if not in_test[g] and can_take(g)]
+                if not candidates:
+                    break
                 take(min(candidates, key=lambda g: sizes[g]))
         for g in rng.permutation(len(group_names)):  # then fill towards the target size
             n_test = test_counts.sum()
             if not in_test[g] and abs(n_test + sizes[g] - target) < abs(n_test - target) and can_take(g):
                 take(g)
-        if np.all(test_counts > 0):
+        if np.all(test_counts >= min_per_label):
             gap = abs(test_counts.sum() - target)
             if best_gap is None or gap < best_gap:
                 best, best_gap = in_test.copy(), gap
     if best is None:
+        on_both = "every label" if min_per_label == 1 else f"{min_per_label} clips of every label"
         raise DataError(
-            f"no split by {group_column!r} puts every label on both sides ({len(group_names)} groups, "
+            f"no split by {group_column!r} puts {on_both} on both sides ({len(group_names)} groups, "
             f"{len(label_values)} labels); add groups, or {without}"
         )
     return np.flatnonzero(best[group_of_row])

@@ -328,14 +328,14 @@ def freeze_front_end(model: PreTrainedModel) -> None:
             conv.requires_grad_(False)
 
 
-def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The transformer layers of a classifier's encoder, lowest first."""
+def encoder_layers(model: PreTrainedModel, flag: str = "--freeze-layers") -> nn.ModuleList:
+    """The transformer layers of a classifier's encoder, lowest first; `flag` is the option that needs them."""
     if model.config.model_type == "whisper":
         return model.encoder.layers
     base = getattr(model, model.base_model_prefix)
     encoder = getattr(base, "encoder", None)
     if encoder is None or not hasattr(encoder, "layers"):
-        raise ConfigError(f"--freeze-layers: cannot find the transformer layers of a {model.config.model_type} model")
+        raise ConfigError(f"{flag}: cannot find the transformer layers of a {model.config.model_type} model")
     return encoder.layers
 
 

@@ -37,6 +37,7 @@ from audioclf.model import ModelBundle
 
 PROBE_STRENGTHS = (0.03, 0.3, 3.0)  # inverse L2 strengths (scikit-learn's C) tried for each layer mixture
 OFF_LAYER_LOGIT = -30.0  # layer_weights of the layers a one-layer mixture leaves out: a softmax weight of about 1e-13
+CROSS_VALIDATION_FOLDS = 5  # at most; fewer where a label has fewer training clips
 PROBE_MAX_ITERATIONS = 2000  # L-BFGS iterations per fit at most; the demo's take 30-60
 ABSENT_LABEL_LOGIT = -1e4  # a label with no training clip is never predicted
 FEATURE_CACHE = ("cache", "features")  # the folder of cached layer means, under audioclf's home
@@ -133,7 +134,7 @@ def head_logits(model, features: torch.Tensor) -> torch.Tensor:
 
 
 def fit_head(model, train_features: np.ndarray | None, train_labels, eval_features: np.ndarray | None, eval_labels,
-             seed: int, processes: Processes | None = None, *, refit_with_eval: bool) -> dict:
+             seed: int, processes: Processes | None = None, *, refit_with_eval: bool, groups=None) -> dict:
     """Fit the model's head on layer means (from split_layer_means), choosing on the evaluation clips, and write the
     result into `model` exactly, in every process: the main process fits (the others pass None for the features)
     and hands the head to the others, so all of them go on from the same head.
@@ -146,16 +147,32 @@ def fit_head(model, train_features: np.ndarray | None, train_labels, eval_featur
     evaluation clips together, more voices to learn from: for a probe, whose evaluation figures are measured before
     that; not for a head that fine-tuning starts from, whose evaluation clips go on to judge every epoch.
 
+    With no evaluation clips (`eval_labels` None), the choices are made by cross-validation on the training clips
+    instead (cross_validation_folds; group-disjoint folds given `groups`), scored on every clip's out-of-fold
+    logits, and the chosen pair is fitted on all of them.
+
     The head computes exactly that regression: layer_weights hold the mixture's log-weights, the projector's first
     rows the coefficients with the standardization folded in, and the classifier reads those rows alone (the
     projector's other rows keep their values, so that fine-tuning can still bring them in). Returns {"mixture",
-    "strength", "candidates", "train_accuracy" (of the final fit, on the clips it was fitted on), "eval_accuracy"
-    and "eval_loss" (of the chosen pair, before any refit saw those clips)}.
+    "strength", "candidates", "chosen_by" ("validation" or "N-fold cross-validation"), "train_accuracy" (of the
+    final fit, on the clips it was fitted on), "eval_accuracy" and "eval_loss" (of the chosen pair, before any refit
+    saw those clips)}.
     """
     processes = processes or Processes()
     fitted = None
     if processes.is_main:
-        report = _fit_and_write(model, train_features, train_labels, eval_features, eval_labels, seed, refit_with_eval)
+        train_labels = np.asarray(train_labels, dtype=np.int64)
+        if eval_labels is None:
+            features, labels = train_features, train_labels
+            folds = cross_validation_folds(labels, groups, seed)
+            chosen_by, final_rows = f"{len(folds)}-fold cross-validation", np.arange(len(labels))
+        else:
+            features = np.concatenate([train_features, eval_features])
+            labels = np.concatenate([train_labels, np.asarray(eval_labels, dtype=np.int64)])
+            n_train = len(train_labels)
+            folds = [(np.arange(n_train), np.arange(n_train, len(labels)))]
+            chosen_by, final_rows = "validation", np.arange(len(labels) if refit_with_eval else n_train)
+        report = {**_fit_and_write(model, features, labels, folds, final_rows, seed), "chosen_by": chosen_by}
         fitted = report, {name: value for name, value in model.state_dict().items() if name.startswith(HEAD_PARAMETERS)}
     report, head = processes.broadcast(fitted)
     if not processes.is_main:
@@ -163,17 +180,42 @@ def fit_head(model, train_features: np.ndarray | None, train_labels, eval_featur
     return report
 
 
-def _fit_and_write(model, train_features: np.ndarray, train_labels, eval_features: np.ndarray, eval_labels, seed: int,
-                   refit_with_eval: bool) -> dict:
-    n_labels, n_layers = model.config.num_labels, train_features.shape[1]
-    train_labels, eval_labels = np.asarray(train_labels, dtype=np.int64), np.asarray(eval_labels, dtype=np.int64)
+def cross_validation_folds(labels: np.ndarray, groups, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fit rows, held-out rows) of each fold: stratified by label, group-disjoint given `groups`, as many folds as
+    the rarest label has clips (or groups) up to CROSS_VALIDATION_FOLDS, and at least 2."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    rarest = int(counts[counts > 0].min())
+    if groups is not None:
+        groups = np.asarray(groups)
+        rarest = min(rarest, len(np.unique(groups)))
+    n_folds = max(2, min(CROSS_VALIDATION_FOLDS, rarest))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a label with fewer clips than folds is missing from some of them: allowed
+        if groups is None:
+            splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed % 2**32)
+            return list(splitter.split(np.zeros(len(labels)), labels))
+        splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed % 2**32)
+        return list(splitter.split(np.zeros(len(labels)), labels, groups))
+
+
+def _fit_and_write(model, features: np.ndarray, labels: np.ndarray, folds: list, final_rows: np.ndarray,
+                   seed: int) -> dict:
+    """Choose the mixture and strength on `folds` (each (fit rows, held-out rows) of `features`), then fit the
+    chosen pair on `final_rows` and write it into the head."""
+    n_labels, n_layers = model.config.num_labels, features.shape[1]
     mixtures = _mixtures(n_layers) if _weighted(model) else {f"layer {n_layers - 1}": None}
-    pooled = {name: (_pool(train_features, logits), _pool(eval_features, logits)) for name, logits in mixtures.items()}
+    pooled = {name: _pool(features, logits) for name, logits in mixtures.items()}
+    held_out = np.concatenate([rows for _, rows in folds])
 
     def evaluated(name: str, strength: float) -> tuple[float, float]:
-        train_pooled, eval_pooled = pooled[name]
-        weight, bias = _fit_regression(train_pooled, train_labels, strength, n_labels, seed)
-        return _scores(eval_pooled @ weight.T + bias, eval_labels)
+        logits = []
+        for fit_rows, eval_rows in folds:
+            weight, bias = _fit_regression(pooled[name][fit_rows], labels[fit_rows], strength, n_labels, seed)
+            logits.append(pooled[name][eval_rows] @ weight.T + bias)
+        return _scores(np.concatenate(logits), labels[held_out])
 
     def best(scores: dict):
         return max(scores, key=lambda key: (scores[key][0], -scores[key][1]))
@@ -184,15 +226,13 @@ def _fit_and_write(model, train_features: np.ndarray, train_labels, eval_feature
     by_strength = {middle: by_mixture[name], **{c: evaluated(name, c) for c in PROBE_STRENGTHS if c != middle}}
     strength = best(by_strength)
 
-    features, labels = pooled[name][0], train_labels
-    if refit_with_eval:
-        features, labels = np.concatenate(pooled[name]), np.concatenate([train_labels, eval_labels])
-    weight, bias = _fit_regression(features, labels, strength, n_labels, seed)
+    final_features, final_labels = pooled[name][final_rows], labels[final_rows]
+    weight, bias = _fit_regression(final_features, final_labels, strength, n_labels, seed)
     _write_head(model, mixtures[name], weight, bias)
     eval_accuracy, eval_loss = by_strength[strength]
     return {"mixture": name, "strength": strength, "candidates": len(by_mixture) + len(by_strength) - 1,
-            "train_accuracy": _scores(features @ weight.T + bias, labels)[0], "eval_accuracy": eval_accuracy,
-            "eval_loss": eval_loss}
+            "train_accuracy": _scores(final_features @ weight.T + bias, final_labels)[0],
+            "eval_accuracy": eval_accuracy, "eval_loss": eval_loss}
 
 
 def _write_head(model, layer_logits: np.ndarray | None, weight: np.ndarray, bias: np.ndarray) -> None:

@@ -2,7 +2,8 @@
 
 `train()` reads top to bottom in the order of the work: check the output, load the clips, pick the window,
 build the model, fit its head on the frozen encoder (probe.fit_head), fine-tune it with the Trainer (or, in probe
-mode, stop there), evaluate, and write the model directory atomically.
+mode, stop there), keep whichever of the two validates better (best mode, the default), evaluate, and write the
+model directory atomically.
 
 It runs the same in one process or in several (torchrun, accelerate launch, `audioclf train --nproc`; the plumbing
 is in audioclf.distributed): every process computes its share, the Trainer handles DDP, and only the main process
@@ -44,6 +45,7 @@ from audioclf.model import (
     ModelBundle,
     build_model,
     check_model_reference,
+    encoder_layers,
     fit_whisper_window,
     freeze_front_end,
     freeze_lowest_layers,
@@ -201,13 +203,25 @@ def _weighted_loss(weights: torch.Tensor):
 
 
 def _optimizer(model, options: TrainOptions):
-    """AdamW with the head (projector, classifier, layer weights) on its own learning rate."""
-    head, encoder = [], []
+    """AdamW with the head (projector, classifier, layer weights) on its own learning rate, and with layer_decay below
+    1 each encoder layer on `layer_decay` times the rate of the layer above it (the top one on the encoder's rate;
+    what lies below the layers, on the lowest layer's rate times layer_decay)."""
+    depth: dict[int, int] = {}  # id of an encoder layer's parameter -> layers above it
+    n_layers = 0
+    if options.layer_decay < 1:
+        layers = encoder_layers(model, "--layer-decay")
+        n_layers = len(layers)
+        depth = {id(param): n_layers - 1 - index for index, layer in enumerate(layers) for param in layer.parameters()}
+    head, encoder = [], {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (head if name.split(".")[0] in ("projector", "classifier", "layer_weights") else encoder).append(param)
+            if name.split(".")[0] in ("projector", "classifier", "layer_weights"):
+                head.append(param)
+            else:
+                encoder.setdefault(depth.get(id(param), n_layers), []).append(param)
     head_lr = options.head_learning_rate or options.learning_rate
-    groups = [{"params": encoder, "lr": options.learning_rate}, {"params": head, "lr": head_lr}]
+    groups = [{"params": params, "lr": options.learning_rate * options.layer_decay ** below}
+              for below, params in sorted(encoder.items())] + [{"params": head, "lr": head_lr}]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=options.weight_decay)
 
 
@@ -392,40 +406,74 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     # The main process alone downloads (a Hub dataset) and scans the clips; the others wait for its ClipSet (Arrow
     # tables: in memory, or memory-mapped files that travel by path), so the data is prepared once, never raced.
     clips = processes.broadcast(load_clips(data, split=True, progress=progress) if processes.is_main else None)
-    train_split, eval_split, test_split = _choose_splits(clips, options, data)
-    echo(f"data: {len(clips.labels)} labels; {len(train_split)} training, {len(eval_split)} evaluation"
+    train_split, eval_split, test_split = _choose_splits(clips, options, data,
+                                                         fine_tune_only=_probe_skipped(model_opts, options) is not None)
+    echo(f"data: {len(clips.labels)} labels; {len(train_split)} training, "
+         + (f"{len(eval_split)} evaluation" if eval_split is not None else
+            f"no evaluation clips (too few to hold {options.validation_min_clips} of every label)")
          + (f", {len(test_split)} test clips" if test_split is not None else " clips")
          + (f"; split {clips.grouping}" if clips.group_column or clips.derived_split else ""))
     for line in skipped_summary(clips.problems, f"{output / files.METRICS_FILE} (problems)"):
         echo(line)
-
-    if options.mode == "probe" and model_opts.weighted_layer_sum is None:
-        model_opts = replace(model_opts, weighted_layer_sum=True)  # the probe trains exactly this head
-    with processes.main_first():  # likewise a Hub checkpoint
-        bundle = _prepare_model(model_opts, clips.labels, options.seed)
-    window = choose_window_from(train_split, options.max_seconds, bundle.model_type == "whisper")
-    fit_whisper_window(bundle, int(window)) if bundle.model_type == "whisper" else None
-    if options.freeze_front_end and model_opts.model:  # a random front end must learn, not stay frozen
-        freeze_front_end(bundle.model)
-    freeze_lowest_layers(bundle.model, options.freeze_layers)
-    echo(f"model: {bundle.model_type}, {sum(p.numel() for p in bundle.model.parameters()):,} parameters, "
-         f"window {window:g} s at {bundle.sampling_rate} Hz, mode {options.mode}"
-         + (f", {processes.count} processes" if processes.count > 1 else ""))
-    featurizer = BatchFeaturizer(bundle.feature_extractor, bundle.model_type, bundle.uses_attention_mask)
     splits = (train_split, eval_split, test_split)
-    metrics = {"labels": clips.labels, "window_seconds": window, "problems": [asdict(p) for p in clips.problems],
+    metrics = {"labels": clips.labels, "problems": [asdict(p) for p in clips.problems],
                "data": card.data_record(data, clips, dict(zip(("train", "validation", "test"), splits))),
                "threads": torch.get_num_threads()}
-    if options.mode == "probe":
-        metrics.update(_train_probe(bundle, featurizer, splits, window, options, processes, echo, progress))
-        trainer = None
-    else:
-        trainer, fine_tuned = _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints,
-                                         last_checkpoint, processes, progress, echo,
-                                         callbacks)
-        metrics.update(fine_tuned)
+
+    # The candidates: the probe head on the frozen encoder (probe and best modes), the fine-tuned model (finetune and
+    # best modes, where there are evaluation clips to judge its epochs); best keeps whichever validates better.
+    candidates: dict[str, dict] = {}
+    skipped = _probe_skipped(model_opts, options)
+    if options.mode in ("probe", "best") and skipped is None:
+        probe_opts = model_opts if model_opts.weighted_layer_sum is not None else \
+            replace(model_opts, weighted_layer_sum=True)  # the probe trains exactly this head
+        model_opts = probe_opts if options.mode == "probe" else model_opts
+        bundle, window, featurizer = _built(probe_opts, clips, train_split, options, processes, echo)
+        skipped = _head_problem(bundle, options)
+        if skipped is None:
+            candidate_started = time.monotonic()
+            probed = _train_probe(bundle, featurizer, splits, window, options, processes, echo, progress,
+                                  clips.group_column)
+            candidates["probe"] = {"bundle": bundle, "window": window, "metrics": probed,
+                                   "seconds": round(time.monotonic() - candidate_started, 1)}
+    if skipped is not None:
+        echo(f"probe: skipped ({skipped}); fine-tuning alone")
+    if options.mode == "finetune" or options.mode == "best" and eval_split is not None:
+        bundle, window, featurizer = _built(model_opts, clips, train_split, options, processes, echo)
+        candidate_started = time.monotonic()
+        fine_tuned = _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints,
+                                   last_checkpoint, processes, progress, echo, callbacks)
+        candidates["finetune"] = {"bundle": bundle, "window": window, "metrics": fine_tuned,
+                                  "seconds": round(time.monotonic() - candidate_started, 1)}
+    elif options.mode == "best":
+        echo(f"fine-tuning: skipped; no validation share holds {options.validation_min_clips} clips of every label, "
+             "so no epoch could be judged: kept the probe, chosen by cross-validation")
+    if not candidates:
+        raise ConfigError(f"--mode best: too few clips to fine-tune with a validation share and no probe head to fit "
+                          f"({skipped}); pass --mode finetune, or a smaller --validation-min-clips")
+    kept = keep_better({name: candidate["metrics"]["validation"] for name, candidate in candidates.items()})
+    if options.mode == "best" and len(candidates) == 2:
+        probe_figures, tuned_figures = (candidates[name]["metrics"]["validation"] for name in ("probe", "finetune"))
+        echo(f"kept: the {'probe' if kept == 'probe' else 'fine-tuned model'} (validation accuracy "
+             f"{probe_figures['accuracy']:.4f} probe, {tuned_figures['accuracy']:.4f} fine-tuned)")
+    bundle, window = candidates[kept]["bundle"], candidates[kept]["window"]
+    metrics["window_seconds"] = window
+    metrics.update(candidates[kept]["metrics"])
+    if options.mode == "best":
+        metrics["kept"] = kept
+        if skipped is not None:
+            metrics["probe_skipped"] = skipped
+        recorded = {"probe": ("probe",), "finetune": ("history",)}  # the head chosen, or the epochs
+        metrics["candidates"] = {name: {"validation": candidate["metrics"]["validation"], "seconds": candidate["seconds"],
+                                        **{key: candidate["metrics"][key] for key in recorded[name]}}
+                                 for name, candidate in candidates.items()}
     if test_split is not None and processes.is_main:
         metrics["test"] = score_test_split(bundle, window, clips, test_split, options.eval_batch_size, progress)
+        for name, candidate in metrics.get("candidates", {}).items():  # for the record: the choice never sees test
+            report = metrics["test"] if name == kept else score_test_split(
+                candidates[name]["bundle"], candidates[name]["window"], clips, test_split, options.eval_batch_size,
+                progress)
+            candidate["test"] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
     metrics["scoring"] = SCORING
     metrics["train_seconds"] = round(time.monotonic() - started, 1)
 
@@ -444,6 +492,48 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     metrics = processes.broadcast(metrics)  # the others return once the model directory is in place
     return _pushed(TrainResult(output=output, metrics=metrics, main_process=processes.is_main), push_to_hub,
                    hub_model_id, echo)
+
+
+def keep_better(validation: dict[str, dict]) -> str:
+    """Which candidate to keep, of {"probe" and/or "finetune": {"accuracy", "loss"}} measured on the same validation
+    clips: the higher accuracy, ties to the lower loss (BEST_EPOCH_METRIC's order), then to the probe, the simpler
+    model."""
+    simpler = {"probe": 1, "finetune": 0}
+    return max(validation, key=lambda name: (validation[name]["accuracy"], -validation[name]["loss"], simpler[name]))
+
+
+def _built(model_opts: ModelOptions, clips: ClipSet, train_split, options: TrainOptions, processes: Processes, echo):
+    """The model to train, its window fitted to the training clips and its lower parts frozen as the options say,
+    and its featurizer: (bundle, window_seconds, featurizer)."""
+    with processes.main_first():  # a Hub checkpoint is downloaded once
+        bundle = _prepare_model(model_opts, clips.labels, options.seed)
+    window = choose_window_from(train_split, options.max_seconds, bundle.model_type == "whisper")
+    fit_whisper_window(bundle, int(window)) if bundle.model_type == "whisper" else None
+    if options.freeze_front_end and model_opts.model:  # a random front end must learn, not stay frozen
+        freeze_front_end(bundle.model)
+    freeze_lowest_layers(bundle.model, options.freeze_layers)
+    echo(f"model: {bundle.model_type}, {sum(p.numel() for p in bundle.model.parameters()):,} parameters, "
+         f"window {window:g} s at {bundle.sampling_rate} Hz, mode {options.mode}"
+         + (f", {processes.count} processes" if processes.count > 1 else ""))
+    return bundle, window, BatchFeaturizer(bundle.feature_extractor, bundle.model_type, bundle.uses_attention_mask)
+
+
+def _probe_skipped(model_opts: ModelOptions, options: TrainOptions) -> str | None:
+    """Why the best mode has no probe candidate before a model is built (None: it may have one)."""
+    if options.mode == "best" and not model_opts.model:
+        return "an untrained encoder's outputs are not worth probing"  # as for --probe-init
+    return None
+
+
+def _head_problem(bundle: ModelBundle, options: TrainOptions) -> str | None:
+    """Why the best mode cannot fit a probe head into this model (None: it can); probe mode refuses such a model."""
+    if options.mode != "best":
+        return None
+    try:
+        check_head_fits(bundle.model, "--mode best")
+    except ConfigError as e:
+        return str(e)
+    return None
 
 
 def _pushed(result: TrainResult, push_to_hub: bool, hub_model_id: str | None, echo) -> TrainResult:
@@ -475,7 +565,7 @@ class _AugmentationEpoch(TrainerCallback):
 def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints, resume_from, processes, progress,
                echo, callbacks):
     """The Trainer run: lazy crops and features, optional probe-fitted head, early stopping on accuracy.
-    Returns the trainer (its best model is in bundle.model) and the metrics it measured."""
+    Its best model is left in bundle.model; returns the metrics it measured."""
     train_split, eval_split, test_split = splits
     train_transform = ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed,
                                     options.speed_perturbation,
@@ -522,21 +612,20 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
     if head_fit is not None:
         metrics["probe_init"] = head_fit
     bundle.model = trainer.model
-    return trainer, metrics
+    return metrics
 
 
-def _train_probe(bundle, featurizer, splits, window, options, processes, echo, progress) -> dict:
+def _train_probe(bundle, featurizer, splits, window, options, processes, echo, progress, group_column=None) -> dict:
     """Probe mode: every split's per-layer means once (disk cache), then the head fitted on them, which is the
-    whole training."""
+    whole training. Without evaluation clips, the head is chosen by cross-validation on the training clips."""
     check_head_fits(bundle.model, "--mode probe")
     named = {name: split for name, split in zip(("train", "validation"), splits) if split is not None}
     features, labels = _layer_features(bundle, featurizer, named, window, options, processes, echo, progress)
+    groups = splits[0].with_format(None)[group_column] if group_column and "validation" not in named else None
     started = time.monotonic()
-    fit = fit_head(bundle.model, features["train"], labels["train"], features["validation"], labels["validation"],
-                   options.seed, processes, refit_with_eval=True)
+    fit = fit_head(bundle.model, features["train"], labels["train"], features.get("validation"), labels.get("validation"),
+                   options.seed, processes, refit_with_eval=True, groups=groups)
     echo(_head_line(fit, started))
-    if not processes.is_main:
-        return {}
     # the final fit includes the evaluation clips; their figures are those measured before it saw them
     return {"probe": fit, "validation": {"accuracy": fit["eval_accuracy"], "loss": fit["eval_loss"]}}
 
@@ -557,8 +646,9 @@ def _layer_features(bundle, featurizer, splits: dict, window: float, options: Tr
 
 
 def _head_line(fit: dict, started: float) -> str:
+    evaluated = "evaluation" if fit["chosen_by"] == "validation" else fit["chosen_by"]
     return (f"head: {fit['mixture']}, L2 strength C={fit['strength']:g} (best of {fit['candidates']}) in "
-            f"{time.monotonic() - started:.1f} s, training accuracy {fit['train_accuracy']:.3f}, evaluation accuracy "
+            f"{time.monotonic() - started:.1f} s, training accuracy {fit['train_accuracy']:.3f}, {evaluated} accuracy "
             f"{fit['eval_accuracy']:.3f}")
 
 
@@ -599,9 +689,12 @@ def recorded_model(model_opts: ModelOptions) -> ModelOptions:
                    model_config=absolute_source(model_opts.model_config) if model_opts.model_config else None)
 
 
-def _choose_splits(clips: ClipSet, options: TrainOptions, data: DataSpec):
-    """(train, eval, test-or-None). Evaluation uses the source's validation split, or a share of the
-    training clips held out (group-disjoint with a group column), or, with validation_size 0, the test split."""
+def _choose_splits(clips: ClipSet, options: TrainOptions, data: DataSpec, fine_tune_only: bool = False):
+    """(train, eval, test-or-None). Evaluation uses the source's validation split, or a share of the training clips
+    held out (group-disjoint with a group column) that holds at least validation_min_clips of every label, or, with
+    validation_size 0, the test split. Where no share can hold that many, eval is None (the probe is then chosen by
+    cross-validation), except in finetune mode (or `fine_tune_only`), whose epochs need judging: it holds out one clip
+    of every label."""
     splits = clips.splits
     if "train" not in splits:
         raise DataError(f"{data.data}: no training split (found: {', '.join(splits)})")
@@ -609,12 +702,31 @@ def _choose_splits(clips: ClipSet, options: TrainOptions, data: DataSpec):
     if "validation" in splits:
         return splits["train"], splits["validation"], test
     if options.validation_size > 0:
-        held = split_dataset(splits["train"], options.validation_size, options.seed, clips.group_column,
-                             names=("train", "validation"), found=clips.group_found)
+        held = validation_share(splits["train"], options, clips.group_column, fine_tune_only, clips.group_found)
+        if held is None:
+            return splits["train"], None, test
         return held["train"], held["validation"], test
     if test is None:
         raise DataError(f"{data.data}: nothing to evaluate on; give it a test split or a --validation-size above 0")
     return splits["train"], test, None
+
+
+def validation_share(train_split, options: TrainOptions, group_column: str | None, fine_tune_only: bool = False,
+                     group_found: bool = False):
+    """The training clips split into train and validation (split_dataset: stratified, or group-disjoint), the
+    validation side at least options.validation_size of them and validation_min_clips of every label, each label
+    keeping as many for training. Where no split can, None (the probe is then chosen by cross-validation), but in
+    finetune mode or with `fine_tune_only` (nothing to probe) one clip of each, as long as one is left to train on."""
+    split = functools.partial(split_dataset, train_split, options.validation_size, options.seed, group_column,
+                              names=("train", "validation"), found=group_found)
+    try:
+        return split(min_per_label=options.validation_min_clips)
+    except DataError:
+        if not (fine_tune_only or options.mode == "finetune"):
+            return None  # the probe is chosen by cross-validation instead
+        if options.validation_min_clips == 1:
+            raise
+    return split(min_per_label=1)
 
 
 def _strip(metrics: dict) -> dict:
