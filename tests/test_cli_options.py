@@ -118,7 +118,8 @@ EVERY_TRAIN_FLAG = {
     "learning_rate": 0.002, "head_learning_rate": 0.01, "batch_size": 3, "eval_batch_size": 5,
     "gradient_accumulation_steps": 2, "epochs": 2.5, "warmup_ratio": 0.2, "weight_decay": 0.05, "logging_steps": 3,
     "early_stopping_patience": 2, "freeze_front_end": False, "freeze_layers": 1, "speed_perturbation": 0.05,
-    "spec_augment": 0.3, "probe_init": False, "class_weights": True, "validation_size": 0.2, "threads": 1, "nproc": 2,
+    "spec_augment": 0.3, "noise_share": 0.5, "noise_min_snr_db": 3.0, "noise_max_snr_db": 20.0, "noise_folder": "noise",
+    "gain_db": 6.0, "time_shift_seconds": 0.2, "mixup": 0.3, "probe_init": False, "class_weights": True, "validation_size": 0.2, "threads": 1, "nproc": 2,
 }
 
 

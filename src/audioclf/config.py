@@ -240,6 +240,32 @@ class TrainOptions:
         default=0.2, metadata={"help": "SpecAugment for Whisper-type models: hide about this share of each training window's log-mel frames in 0.2 s time masks, plus two bands of mel bins (0: off). The wav2vec2 family use their config's mask_time_prob instead.",
                               "valid": share("a share of the frames")}
     )
+    noise_share: float = field(
+        default=0.0, metadata={"help": "Add noise to this share of the training clips (0: off): white or pink, or a piece of a recording from --noise-folder (each kind as often), at an SNR drawn between --noise-min-snr-db and --noise-max-snr-db.",
+                              "valid": Range(0, 1, note="a share of the training clips")}
+    )
+    noise_min_snr_db: float = field(
+        default=5.0, metadata={"help": "Lowest signal-to-noise ratio of the added noise, in dB (the clip's mean power over the noise's).",
+                              "valid": Range(-20, 80, note="dB")}
+    )
+    noise_max_snr_db: float = field(
+        default=30.0, metadata={"help": "Highest signal-to-noise ratio of the added noise, in dB.", "valid": Range(-20, 80, note="dB")}
+    )
+    noise_folder: str | None = field(
+        default=None, metadata={"help": "A folder of your own noise recordings (any audio files under it, read once into memory) that --noise-share also draws from."}
+    )
+    gain_db: float = field(
+        default=0.0, metadata={"help": "Scale each training clip by a random gain of up to this many dB, louder or softer (0: off).",
+                              "valid": Range(0, 40, note="dB")}
+    )
+    time_shift_seconds: float = field(
+        default=0.0, metadata={"help": "Move each training clip by a random time of up to this many seconds, later (silence before it) or earlier (its start cut off) (0: off).",
+                              "valid": Range(0, 10, note="seconds")}
+    )
+    mixup: float = field(
+        default=0.0, metadata={"help": "Mixup: mix into each training clip another training clip, and its label, by a weight drawn from Beta(a, a) for this a (at most one half: the clip's own label weighs most; 0: off; 0.2 to 0.4 are usual).",
+                              "valid": Range(0, 10, note="the Beta distribution's alpha")}
+    )
     probe_init: bool = field(
         default=True, metadata={"help": "Before fine-tuning a pretrained encoder, fit the head on its frozen outputs (linear probe, then fine-tune): faster to learn, better on unseen speakers."}
     )
@@ -257,6 +283,12 @@ class TrainOptions:
 
     def __post_init__(self):
         check_options(self)
+        if self.noise_min_snr_db > self.noise_max_snr_db:
+            raise ConfigError(f"--noise-min-snr-db {_number(self.noise_min_snr_db)}: must be at most "
+                              f"--noise-max-snr-db ({_number(self.noise_max_snr_db)})")
+        if self.noise_folder is not None and not self.noise_share:
+            raise ConfigError(f"--noise-folder {self.noise_folder}: adds nothing with --noise-share 0; give a share "
+                              "of the training clips to add noise to, e.g. --noise-share 0.5")
 
 
 @dataclass(frozen=True)
@@ -357,7 +389,8 @@ class ServeSettings:
 SEED_PRESET = dict(
     max_seconds=1.0, train_crop="start", eval_crop="start", learning_rate=3e-5, head_learning_rate=None,
     batch_size=32, eval_batch_size=32, gradient_accumulation_steps=4, epochs=10, warmup_ratio=0.1,
-    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0, spec_augment=0.0, probe_init=False,
+    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0, spec_augment=0.0, noise_share=0.0, gain_db=0.0,
+    time_shift_seconds=0.0, mixup=0.0, probe_init=False,
     class_weights=False, validation_size=0.0,
 )
 PRESETS: dict[str, dict] = {"seed": SEED_PRESET, "default": {}}

@@ -40,6 +40,7 @@ from audioclf.features import (
     BatchFeaturizer,
     ClipTransform,
     TrainingCollator,
+    augmentation_from,
 )
 from audioclf.model import (
     ModelBundle,
@@ -185,15 +186,19 @@ def _accuracy(prediction) -> dict:
     return {"accuracy": accuracy, BEST_EPOCH_METRIC: accuracy + 0.5 / len(labels) / (1.0 + loss)}
 
 
-def _weighted_loss(weights: torch.Tensor):
+def _weighted_loss(weights: torch.Tensor | None):
     """Weighted cross-entropy for the Trainer. Given `num_items_in_batch` (the clips of one update, over every
     process and accumulation step), it is the weighted sum over this batch divided by that count, as the Trainer
     expects of a `compute_loss_func`: it neither divides by the accumulation steps nor undoes DDP's averaging of
-    such a loss. The weights average 1 over the training clips, so this is the weighted mean's scale."""
+    such a loss. The weights average 1 over the training clips, so this is the weighted mean's scale (None: all 1).
+    Labels are class ids, or (rows, labels) probabilities for mixup's mixed rows."""
 
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"]
-        labels, weight = labels.to(logits.device), weights.to(logits.device)
+        labels = labels.to(logits.device)
+        weight = None if weights is None else weights.to(logits.device)
+        if num_items_in_batch is not None and labels.ndim == 2:
+            num_items_in_batch = num_items_in_batch / labels.shape[-1]  # the Trainer counts every soft label's entries
         if num_items_in_batch is None:
             return torch.nn.functional.cross_entropy(logits, labels, weight=weight)
         return torch.nn.functional.cross_entropy(logits, labels, weight=weight, reduction="sum") / num_items_in_batch
@@ -480,10 +485,12 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
     """The Trainer run: lazy crops and features, optional probe-fitted head, early stopping on accuracy.
     Returns the trainer (its best model is in bundle.model) and the metrics it measured."""
     train_split, eval_split, test_split = splits
+    train_split = train_split.add_column(CLIP_INDEX_COLUMN, np.arange(len(train_split)))  # names clips for their draws
     train_transform = ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed,
                                     options.speed_perturbation,
-                                    options.spec_augment if bundle.model_type == "whisper" else 0.0)
-    train_split = train_split.add_column(CLIP_INDEX_COLUMN, np.arange(len(train_split)))  # names clips for their draws
+                                    options.spec_augment if bundle.model_type == "whisper" else 0.0,
+                                    augmentation_from(options, clip_samples, bundle.sampling_rate),
+                                    partners=train_split.with_format(None) if options.mixup else None)
     train_split.set_transform(train_transform)
     eval_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
     head_fit = None
@@ -502,16 +509,18 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
     if options.early_stopping_patience:
         trainer_callbacks.append(EarlyStoppingCallback(options.early_stopping_patience))
     loss = None
+    n_labels = bundle.model.config.num_labels
     if options.class_weights:
-        n_labels = bundle.model.config.num_labels
         counts = np.bincount(np.asarray(train_split.with_format(None)["label"]), minlength=n_labels)
         loss = _weighted_loss(torch.tensor(len(train_split) / (n_labels * np.maximum(counts, 1)), dtype=torch.float32))
+    elif options.mixup:
+        loss = _weighted_loss(None)  # the model's own loss takes no soft labels
     # The classifiers take **kwargs but return a batch-mean loss that ignores num_items_in_batch; told otherwise,
     # the Trainer would neither divide it by the accumulation steps nor keep DDP from multiplying it by the processes.
     bundle.model.accepts_loss_kwargs = False
     trainer = Trainer(
         model=bundle.model, args=args, train_dataset=train_split, eval_dataset=eval_split,
-        data_collator=TrainingCollator(featurizer), compute_metrics=_accuracy, callbacks=trainer_callbacks,
+        data_collator=TrainingCollator(featurizer, n_labels), compute_metrics=_accuracy, callbacks=trainer_callbacks,
         compute_loss_func=loss, optimizers=(_optimizer(bundle.model, options), None),
     )
     trainer.remove_callback(PrinterCallback)
