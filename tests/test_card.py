@@ -221,3 +221,12 @@ def test_an_onnx_export_carries_a_card_of_its_own(model_dir, tmp_path):
     assert accuracy.metric_value == pytest.approx(metrics["test"]["accuracy"], abs=1e-4)
     assert "This is its ONNX export" in loaded.text and "from transformers import pipeline" not in loaded.text
     assert (out / "confusion.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_a_model_trained_from_a_backbone_name_names_its_hub_model(tmp_path, monkeypatch):
+    from audioclf.card import _base_model
+
+    monkeypatch.chdir(tmp_path)  # no folder of that name here
+    assert _base_model({"run": {"model": {"model": "whisper-base"}}}) == "openai/whisper-base"
+    assert _base_model({"run": {"model": {"model": "whisper-tiny.en"}}}) == "openai/whisper-tiny.en"
+    assert _base_model({"run": {"model": {"model": "not-a-backbone"}}}) is None  # nor a Hub owner/name

@@ -32,8 +32,9 @@ COMMANDS = {
     "train": ((DataSpec, ModelOptions, TrainOptions), (),
               {"output", "config", "overwrite", "resume", "push_to_hub", "hub_model_id", "quiet"}),
     "serve": ((ServeSettings,), (), {"model_dir"}),
-    "evaluate": ((DataSpec,), (), {"model_dir", "split", "as_json", "report_dir", "update_card", "quiet"}),
-    "data inspect": ((DataSpec,), ("data", "test_size", "seed"), {"source", "as_json"}),  # inspecting splits nothing
+    "evaluate": ((DataSpec,), ("language",), {"model_dir", "split", "as_json", "report_dir", "update_card", "quiet"}),
+    # inspecting splits nothing; the language only warns at training
+    "data inspect": ((DataSpec,), ("data", "test_size", "seed", "language"), {"source", "as_json"}),
     "predict": ((InferOptions,), (), {"model_dir", "files", "as_json", "csv_out", "input_", "audio_column", "output",
                                       "output_format", "overwrite", "use_ray", "ray_address", "concurrency", "quiet"}),
 }
@@ -111,13 +112,15 @@ def test_train_help_defaults_are_the_default_presets_values():
 # Every train flag with a value of its type, none of them the default; `--lr` is learning_rate's short alias.
 EVERY_TRAIN_FLAG = {
     "data": "clips", "audio_column": "file", "label_column": "intent", "group_column": "speaker",
-    "data_config": "en-US", "data_split": "train", "test_size": 0.3, "seed": 7, "strict": True,
+    "data_config": "en-US", "language": "fr", "data_split": "train", "test_size": 0.3, "seed": 7, "strict": True,
     "model": "some/model", "model_config": "tiny-wav2vec2", "weighted_layer_sum": False,
     "mode": "probe", "preset": "seed", "max_seconds": 2.5, "train_crop": "center", "eval_crop": "center",
     "learning_rate": 0.002, "head_learning_rate": 0.01, "batch_size": 3, "eval_batch_size": 5,
     "gradient_accumulation_steps": 2, "epochs": 2.5, "warmup_ratio": 0.2, "weight_decay": 0.05, "logging_steps": 3,
     "early_stopping_patience": 2, "freeze_front_end": False, "freeze_layers": 1, "speed_perturbation": 0.05,
-    "spec_augment": 0.3, "probe_init": False, "class_weights": True, "validation_size": 0.2, "threads": 1, "nproc": 2,
+    "spec_augment": 0.3, "noise_share": 0.5, "noise_min_snr_db": 3.0, "noise_max_snr_db": 20.0, "noise_folder": "noise",
+    "gain_db": 6.0, "time_shift_seconds": 0.2, "mixup": 0.3, "probe_init": False, "layer_decay": 0.8, "class_weights": True, "validation_size": 0.2,
+    "validation_min_clips": 2, "threads": 1, "nproc": 2,
 }
 
 

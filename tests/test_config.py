@@ -34,6 +34,12 @@ NUMERIC = {
     (TrainOptions, "layer_decay"): ([0, -0.5, 1.5, NAN], [0.5, 1], "positive and at most 1"),
     (TrainOptions, "speed_perturbation"): ([-0.1, 0.5, NAN], [0, 0.49], "in [0, 0.5) (a fraction of the speed)"),
     (TrainOptions, "spec_augment"): ([-0.1, 1, NAN], [0, 0.99], "in [0, 1) (a share of the frames)"),
+    (TrainOptions, "noise_share"): ([-0.1, 1.01, NAN], [0, 1], "from 0 to 1 (a share of the training clips)"),
+    (TrainOptions, "noise_min_snr_db"): ([-21, 81, NAN, INF], [-20, 30], "from -20 to 80 (dB)"),
+    (TrainOptions, "noise_max_snr_db"): ([-21, 81, NAN], [30, 80], "from -20 to 80 (dB)"),
+    (TrainOptions, "gain_db"): ([-1, 41, NAN], [0, 40], "from 0 to 40 (dB)"),
+    (TrainOptions, "time_shift_seconds"): ([-0.1, 11, INF], [0, 10], "from 0 to 10 (seconds)"),
+    (TrainOptions, "mixup"): ([-0.1, 11, NAN], [0, 0.4], "from 0 to 10 (the Beta distribution's alpha)"),
     (TrainOptions, "validation_size"): ([-0.1, 1, NAN], [0, 0.5], "in [0, 1) (a share of the training clips)"),
     (TrainOptions, "seed"): ([-1, 2**32], [0], "from 0 to 4294967295"),
     (TrainOptions, "threads"): ([0, -2], [None, 1], "1 or more"),
@@ -158,3 +164,18 @@ def test_full_is_finetunes_earlier_name():
     assert TrainOptions(mode="full").mode == "finetune"
     assert TrainOptions().mode == "best"
     assert resolve_options("seed", {}).mode == "finetune"  # the guide's recipe fine-tunes, keeps no probe
+
+
+@pytest.mark.parametrize("text, code", [("fr-FR", "fr"), ("fr", "fr"), ("es_ES", "es"), ("French", "fr"),
+                                        ("en-US", "en"), ("zh-CN", "zh"), ("all", None), ("clean", None),
+                                        ("default", None), ("fr-FR-x-long", None)])
+def test_language_code_reads_tags_and_names(text, code):
+    from audioclf.config import language_code
+
+    assert language_code(text) == code
+
+
+def test_an_unknown_language_is_refused_naming_the_flag():
+    assert DataSpec(data="d", language="fr-FR").language == "fr-FR"
+    with pytest.raises(ConfigError, match=r"^--language 'klingon': not a language code or name Whisper knows"):
+        DataSpec(data="d", language="klingon")

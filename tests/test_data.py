@@ -781,3 +781,24 @@ def test_a_split_with_a_minimum_per_label_holds_it_on_both_sides_or_explains():
     assert np.bincount(held["train"]["label"]).tolist() == [7, 3]
     with pytest.raises(DataError, match="label 'no' has 6 clips; it needs at least 8 to have 4 in both"):
         split_dataset(ds, 0.1, 0, None, min_per_label=4)
+
+
+def test_spoken_languages_come_from_the_flag_the_config_or_a_column(tmp_path):
+    from audioclf.data import spoken_languages
+    from audioclf.testing import write_manifest
+
+    rows = []
+    for i, (label, language) in enumerate([("low", "fr-FR"), ("high", "es"), ("low", "fr-FR"), ("high", None),
+                                           ("low", "es"), ("high", "fr-FR")] * 2):
+        write_clip(tmp_path / f"c{i}.wav", class_clip(label, SECONDS, RATE, seed=i), RATE)
+        rows.append({"path": f"c{i}.wav", "label": label, "language": language or ""})
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    clips = load(manifest)
+    assert spoken_languages(DataSpec(data=str(manifest)), clips) == {"es": "the 'language' column",
+                                                                     "fr": "the 'language' column"}
+    assert spoken_languages(DataSpec(data=str(manifest), language="German"), clips) == {"de": "--language German"}
+    assert spoken_languages(DataSpec(data=str(manifest), data_config="pt-PT"), clips) == {"pt": "--data-config pt-PT"}
+    # a config that names no language ('all' of MInDS-14) leaves it to the column
+    assert set(spoken_languages(DataSpec(data=str(manifest), data_config="all"), clips)) == {"es", "fr"}
+    plain = load(make_manifest_dataset(tmp_path / "plain"))
+    assert spoken_languages(DataSpec(data="x"), plain) == {}

@@ -659,3 +659,50 @@ def test_layer_decay_gives_each_lower_layer_a_lower_learning_rate():
     assert rate_of[id(named["classifier.weight"])] == rate_of[id(named["projector.weight"])] == pytest.approx(1e-3)
     undecayed = _optimizer(model, replace(options, layer_decay=1.0)).param_groups
     assert [group["lr"] for group in undecayed] == [1e-4, 1e-3]  # one rate for the encoder, one for the head
+
+
+def test_an_english_only_encoder_on_other_languages_is_warned_about_before_training(small_tones, tmp_path):
+    """A Whisper with the English-only vocabulary (as tiny.en's config has) and clips said to be French."""
+    from audioclf.model import NAMED_CONFIGS
+
+    config = tmp_path / "tiny-whisper-en.json"
+    config.write_text(json.dumps({**NAMED_CONFIGS["tiny-whisper"], "vocab_size": 51_864}))
+    lines: list[str] = []
+    train(DataSpec(data=str(small_tones), language="fr-FR"), ModelOptions(model_config=str(config)),
+          tiny_train_options(epochs=1), tmp_path / "model", progress=False, echo=lines.append)
+    warnings = [i for i, line in enumerate(lines) if line.startswith("warning:")]
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch"))
+    assert len(warnings) == 1 and warnings[0] < first_epoch
+    assert lines[warnings[0]].startswith(f"warning: the clips are in French (--language fr-FR), but {config} is an "
+                                         "English-only encoder")
+    lines.clear()
+    train(DataSpec(data=str(small_tones), language="en"), ModelOptions(model_config=str(config)),
+          tiny_train_options(epochs=1), tmp_path / "english", progress=False, echo=lines.append)
+    assert not any(line.startswith("warning:") for line in lines)
+
+
+def test_soft_labels_of_mixup_get_the_mean_cross_entropy():
+    from audioclf.train import _weighted_loss
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    soft = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.6, 0.4]])
+    expected = float(-(soft * torch.log_softmax(logits, dim=1)).sum(dim=1).mean())
+    loss = _weighted_loss(None)
+    # the Trainer counts every entry of soft labels (2 rows x 3 labels) as an item; the loss is per clip all the same
+    assert float(loss({"logits": logits}, soft, num_items_in_batch=torch.tensor(6))) == pytest.approx(expected)
+    assert float(loss({"logits": logits}, soft)) == pytest.approx(expected)
+    hard = torch.tensor([0, 1])
+    assert float(loss({"logits": logits}, hard, num_items_in_batch=torch.tensor(2))) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, hard)))
+
+
+def test_training_with_every_waveform_augmentation_learns_the_tones(tones, tmp_path):
+    augmented = dict(noise_share=0.5, noise_min_snr_db=10.0, noise_max_snr_db=30.0, gain_db=6.0,
+                     time_shift_seconds=0.1, mixup=0.4)
+    result = train(DataSpec(data=str(tones)), ModelOptions(model_config="tiny-wav2vec2"),
+                   tiny_train_options(**augmented), tmp_path / "model", progress=False, echo=lambda line: None)
+    losses = [row["train_loss"] for row in result.metrics["history"] if row["train_loss"] is not None]
+    assert losses and all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert result.metrics["test"]["accuracy"] >= 0.8
+    written = json.loads((tmp_path / "model" / "train_config.json").read_text())["train"]
+    assert {key: written[key] for key in augmented} == augmented

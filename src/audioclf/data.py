@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from audioclf import files, hub
 from audioclf.audio import AudioSource, inspect_audio, load_audio
-from audioclf.config import GROUP_COLUMNS, NO_GROUP, DataSpec
+from audioclf.config import GROUP_COLUMNS, NO_GROUP, DataSpec, language_code
 from audioclf.errors import AudioLoadError, ColumnError, ConfigError, DataError, shown_path
 
 DEMO_MANIFEST = Path(__file__).parent / "demo_data" / "minds14_synth" / "manifest.csv"
@@ -1194,3 +1194,28 @@ def _grouped_test_rows(
             f"{len(label_values)} labels); add groups, or {without}"
         )
     return np.flatnonzero(best[group_of_row])
+
+
+# --- the language spoken ------------------------------------------------------------------------------------------
+
+LANGUAGE_COLUMN = "language"  # a column naming each clip's language (fr, fr-FR, French)
+
+
+def spoken_languages(spec: DataSpec, clips: ClipSet) -> dict[str, str]:
+    """The languages the clips are said to be in, as Whisper language codes, each with where that was said:
+    --language, else a --data-config that names one (MInDS-14's fr-FR), else a `language` column."""
+    if spec.language:
+        return {language_code(spec.language): f"--language {spec.language}"}  # DataSpec has checked it
+    if spec.data_config and language_code(spec.data_config):
+        return {language_code(spec.data_config): f"--data-config {spec.data_config}"}
+    found: dict[str, str] = {}
+    for split in clips.splits.values():
+        if LANGUAGE_COLUMN not in split.column_names:
+            continue
+        feature = split.features[LANGUAGE_COLUMN]
+        name = feature.int2str if isinstance(feature, datasets.ClassLabel) else str
+        for value in pc.unique(_arrow_column(split, LANGUAGE_COLUMN)).to_pylist():
+            code = language_code(name(value)) if value is not None else None
+            if code is not None:
+                found.setdefault(code, f"the {LANGUAGE_COLUMN!r} column")
+    return found

@@ -43,6 +43,7 @@ SPEED_RATE_HZ = 16_000  # nominal rate for speed changes; only the ratio to roun
 TIME_MASK_FRAMES = 20  # SpecAugment time mask: 20 log-mel frames, 0.2 s at WHISPER_MEL_FRAMES_PER_SECOND
 FREQUENCY_MASKS = 2  # SpecAugment frequency masks per clip, each over FREQUENCY_MASK_BINS mel bins
 FREQUENCY_MASK_BINS = 10  # of Whisper's 80
+NOISE_COLOURS = ("white", "pink")  # generated noise; recordings from --noise-folder are a third kind when given
 
 
 def whisper_window_seconds(max_source_positions: int) -> float:
@@ -180,6 +181,132 @@ def change_speed(samples: np.ndarray, factor: float) -> np.ndarray:
     return soxr.resample(samples, round(SPEED_RATE_HZ * factor), SPEED_RATE_HZ).astype(np.float32, copy=False)
 
 
+def shift_in_time(samples: np.ndarray, shift_samples: int) -> np.ndarray:
+    """A clip moved later by shift_samples (silence put before it) or, for a negative shift, earlier (its start cut
+    off; at least its last sample is kept)."""
+    if shift_samples >= 0:
+        return np.concatenate([np.zeros(shift_samples, dtype=np.float32), samples])
+    return samples[min(-shift_samples, len(samples) - 1):]
+
+
+def coloured_noise(n_samples: int, colour: str, rng: np.random.Generator) -> np.ndarray:
+    """float32 Gaussian noise of unit RMS: white (flat spectrum) or pink (power falling as 1/frequency, equal power
+    per octave), shape (n_samples,)."""
+    white = rng.standard_normal(n_samples)
+    if colour == "white":
+        noise = white
+    elif colour == "pink":
+        spectrum = np.fft.rfft(white)
+        bins = np.arange(len(spectrum), dtype=np.float64)
+        spectrum[1:] /= np.sqrt(bins[1:])  # amplitude as 1/sqrt(f): power as 1/f
+        spectrum[0] = 0.0
+        noise = np.fft.irfft(spectrum, n_samples)
+    else:
+        raise ValueError(f"noise colour must be one of {NOISE_COLOURS}, not {colour!r}")
+    rms = np.sqrt(np.mean(noise**2))
+    return (noise / rms if rms > 0 else noise).astype(np.float32)
+
+
+def add_noise(samples: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """samples plus noise (as long, or longer: its start is used) scaled so that the clip's mean power over its
+    noise's is snr_db decibels. A silent clip is returned as it is (no level to set the noise by)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    signal_power = float(np.mean(samples.astype(np.float64) ** 2)) if len(samples) else 0.0
+    noise = np.asarray(noise[: len(samples)], dtype=np.float64)
+    noise_power = float(np.mean(noise**2)) if len(noise) else 0.0
+    if signal_power == 0.0 or noise_power == 0.0:
+        return samples
+    scale = np.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))
+    return (samples + scale * noise).astype(np.float32)
+
+
+def _noise_piece(recording: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """n_samples of a noise recording from a random place, the recording repeated where it is shorter."""
+    if len(recording) < n_samples:
+        recording = np.tile(recording, n_samples // len(recording) + 1)
+    start = int(rng.integers(0, len(recording) - n_samples + 1))
+    return recording[start : start + n_samples]
+
+
+@dataclass(frozen=True, eq=False)  # it holds arrays
+class Augmentation:
+    """What training does to the waveform of each training clip, beyond speed and crop (ClipTransform). Every draw
+    comes from the clip's own generator, so the same seed gives the same clips in any process and order.
+
+    noise_share: share of clips that get noise (white, pink, or a piece of one of noise_recordings: each kind as
+    often) at an SNR drawn uniformly in noise_snr_db; gain_db: a gain drawn uniformly in [-gain_db, +gain_db] dB;
+    time_shift_seconds: the clip moved by up to this, earlier or later; mixup: Beta(mixup, mixup)'s alpha, the
+    weight another training clip is mixed in with (its label too, in the same proportion)."""
+
+    noise_share: float = 0.0
+    noise_snr_db: tuple[float, float] = (5.0, 30.0)
+    noise_recordings: tuple[np.ndarray, ...] = ()  # at the model's rate, read once from --noise-folder
+    gain_db: float = 0.0
+    time_shift_seconds: float = 0.0
+    mixup: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.noise_share or self.gain_db or self.time_shift_seconds or self.mixup)
+
+    def noise_kinds(self) -> tuple[str, ...]:
+        return NOISE_COLOURS + (("recording",) if self.noise_recordings else ())
+
+    def noisy(self, samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The clip with gain and noise as drawn from rng (draws are made only for the augmentations that are on)."""
+        if self.gain_db:
+            samples = (samples * 10.0 ** (rng.uniform(-self.gain_db, self.gain_db) / 20.0)).astype(np.float32)
+        if self.noise_share and rng.random() < self.noise_share:
+            kinds = self.noise_kinds()
+            kind = kinds[int(rng.integers(len(kinds)))]
+            snr_db = rng.uniform(*self.noise_snr_db)
+            if kind == "recording":
+                recording = self.noise_recordings[int(rng.integers(len(self.noise_recordings)))]
+                noise = _noise_piece(recording, len(samples), rng)
+            else:
+                noise = coloured_noise(len(samples), kind, rng)
+            samples = add_noise(samples, noise, snr_db)
+        return samples
+
+
+def augmentation_from(options, decode: Callable[[dict, int], np.ndarray] | None = None,
+                      sampling_rate: int | None = None) -> Augmentation:
+    """The Augmentation that TrainOptions ask for; --noise-folder's recordings decoded with `decode` at
+    `sampling_rate` (every audio file under it, in sorted order, so every process draws from the same list)."""
+    recordings: tuple[np.ndarray, ...] = ()
+    if options.noise_folder:
+        recordings = read_noise_folder(options.noise_folder, decode, sampling_rate)
+    return Augmentation(noise_share=options.noise_share, noise_snr_db=(options.noise_min_snr_db, options.noise_max_snr_db),
+                        noise_recordings=recordings, gain_db=options.gain_db,
+                        time_shift_seconds=options.time_shift_seconds, mixup=options.mixup)
+
+
+def read_noise_folder(folder, decode, sampling_rate: int) -> tuple[np.ndarray, ...]:
+    """Every audio file under `folder` (by extension), decoded, in sorted order; a ConfigError naming --noise-folder
+    where there is no such folder, or no audio in it, or a file that cannot be read."""
+    from pathlib import Path
+
+    from audioclf.data import AUDIO_EXTENSIONS
+    from audioclf.errors import AudioLoadError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"--noise-folder {folder}: no such folder")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not paths:
+        raise ConfigError(f"--noise-folder {folder}: holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+    recordings = []
+    for path in paths:
+        try:
+            samples = decode({"path": str(path), "bytes": None}, sampling_rate)
+        except AudioLoadError as e:
+            raise ConfigError(f"--noise-folder {folder}: {e}") from e
+        if len(samples) == 0 or not np.any(samples):
+            raise ConfigError(f"--noise-folder {folder}: {path.name} is silent; a noise recording needs some sound")
+        recordings.append(samples)
+    return tuple(recordings)
+
+
 class ClipTransform:
     """A `Dataset.set_transform` callable: decodes each row's audio, resamples, crops to the window.
 
@@ -189,13 +316,22 @@ class ClipTransform:
     8 and two with batches of 4 train on the same samples. The trainer sets `epoch` as each epoch begins. A clip is
     named by its row in the split (a CLIP_INDEX_COLUMN the trainer adds), so the same data gives the same run
     wherever it is stored; rows without one are named by their path and bytes.
+
+    `augmentation` (time shift, mixup, gain, noise, in that order, after speed) draws from the same generator.
+    Mixup needs `partners`: the split's rows (`audio`, `label`) by row number, without this transform; a mixed
+    row also carries `mix_label` and `mix_weight`, the other clip's label and weight, for TrainingCollator.
     """
 
     def __init__(self, decode: Callable[[dict, int], np.ndarray], sampling_rate: int, window_seconds: float | None,
-                 how: str, seed: int = 0, speed_perturbation: float = 0.0, spec_augment: float = 0.0):
+                 how: str, seed: int = 0, speed_perturbation: float = 0.0, spec_augment: float = 0.0,
+                 augmentation: Augmentation | None = None, partners=None):
         self.decode = decode
         self.speed_perturbation = speed_perturbation
         self.spec_augment = spec_augment
+        self.augmentation = augmentation or Augmentation()
+        if self.augmentation.mixup and (partners is None or len(partners) < 2):
+            raise ConfigError("--mixup: needs at least two training clips to mix")
+        self.partners = partners
         self.sampling_rate = sampling_rate
         self.length = None if window_seconds is None else window_samples(window_seconds, sampling_rate)
         self.how = how
@@ -203,22 +339,52 @@ class ClipTransform:
         self.epoch = 0
 
     def __call__(self, batch: dict) -> dict:
-        random = self.speed_perturbation or self.how == "random" or self.spec_augment
-        clips, mask_seeds = [], []
+        augment = self.augmentation
+        random = self.speed_perturbation or self.how == "random" or self.spec_augment or augment.active
+        clips, mask_seeds, mix_labels, mix_weights = [], [], [], []
         keys = batch.get(CLIP_INDEX_COLUMN) or [None] * len(batch["audio"])
         for audio, key in zip(batch["audio"], keys):
             samples = self.decode(audio, self.sampling_rate)
             rng = np.random.default_rng([self.seed, self.epoch, clip_key(audio) if key is None else key]) if random else None
             if self.speed_perturbation:
                 samples = change_speed(samples, rng.uniform(1 - self.speed_perturbation, 1 + self.speed_perturbation))
-            clips.append(samples if self.length is None else crop(samples, self.length, self.how, rng))
+            if augment.time_shift_seconds:
+                shift = rng.uniform(-augment.time_shift_seconds, augment.time_shift_seconds)
+                samples = shift_in_time(samples, int(round(shift * self.sampling_rate)))
+            clip = samples if self.length is None else crop(samples, self.length, self.how, rng)
+            if augment.mixup:
+                clip, mix_label, mix_weight = self._mixed(clip, key, rng)
+                mix_labels.append(mix_label)
+                mix_weights.append(mix_weight)
+            clips.append(augment.noisy(clip, rng) if augment.active else clip)
             if self.spec_augment:
                 mask_seeds.append(int(rng.integers(2**63)))
         out = {"samples": clips, "label": batch["label"]}
         if self.spec_augment:  # the collator masks the features of rows that carry a seed (training rows only)
             out["mask_share"] = [self.spec_augment] * len(clips)
             out["mask_seed"] = mask_seeds
+        if augment.mixup:
+            out["mix_label"] = mix_labels
+            out["mix_weight"] = mix_weights
         return out
+
+    def _mixed(self, clip: np.ndarray, key, rng: np.random.Generator) -> tuple[np.ndarray, int, float]:
+        """The clip mixed with another training clip drawn from rng: (1 - w) * clip + w * other, w the smaller of
+        a Beta(mixup, mixup) draw and 1 minus it, so the clip itself always weighs most; (mix, other's label, w)."""
+        if key is None:
+            raise ValueError(f"mixup names clips by their row ({CLIP_INDEX_COLUMN}); these rows have none")
+        n = len(self.partners)
+        other = int(rng.integers(n - 1))
+        other += other >= int(key)  # any clip but this one
+        row = self.partners[other]
+        partner = self.decode(row["audio"], self.sampling_rate)
+        partner = partner if self.length is None else crop(partner, self.length, self.how, rng)
+        weight = float(rng.beta(self.augmentation.mixup, self.augmentation.mixup))
+        weight = min(weight, 1.0 - weight)
+        mixed = np.zeros(max(len(clip), len(partner)), dtype=np.float32)
+        mixed[: len(clip)] += (1.0 - weight) * clip
+        mixed[: len(partner)] += weight * partner
+        return mixed, int(row["label"]), weight
 
 
 def clip_key(audio) -> int:
@@ -377,20 +543,30 @@ def spec_augment(features: torch.Tensor, time_share: float, rng: np.random.Gener
 class TrainingCollator:
     """The Trainer's data collator: model inputs for the clips plus their `labels`.
 
+    Rows mixed by mixup get soft labels, (rows, num_labels) probabilities, which the training loss takes as they are.
     Rows from a training transform with `spec_augment` carry a mask seed; their log-mel features (Whisper) are
     masked with SpecAugment, drawn from that seed, so a clip gets the same masks whichever process collates it.
     Evaluation rows carry none and are left as they are. Models fed raw samples (the wav2vec2 family) mask
     their own hidden states while training (`mask_time_prob` in their config), so nothing is done for them here.
     """
 
-    def __init__(self, featurizer: BatchFeaturizer):
+    def __init__(self, featurizer: BatchFeaturizer, num_labels: int | None = None):
         self.featurizer = featurizer
+        self.num_labels = num_labels  # for mixed rows' soft labels
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         import torch
 
         batch = self.featurizer([row["samples"] for row in rows])
         batch["labels"] = torch.tensor([row["label"] for row in rows], dtype=torch.long)
+        if rows and rows[0].get("mix_label") is not None:  # mixup: each row's two labels, by their weights
+            if self.num_labels is None:
+                raise ValueError("mixed rows need the collator's num_labels for their soft labels")
+            soft = torch.zeros(len(rows), self.num_labels, dtype=torch.float32)
+            for i, row in enumerate(rows):
+                soft[i, row["label"]] += 1.0 - row["mix_weight"]
+                soft[i, row["mix_label"]] += row["mix_weight"]
+            batch["labels"] = soft
         if "input_features" in batch and rows and rows[0].get("mask_seed") is not None:
             batch["input_features"] = torch.stack([
                 spec_augment(features, row["mask_share"], np.random.default_rng(row["mask_seed"]))

@@ -161,10 +161,14 @@ def check_model_reference(model: str, argument: str = "--model") -> bool:
     name (`demo-modl`) that no cached Hub model has, since a Hub id is `owner/name`. A Hub id while the Hub cannot be
     reached is an error at once, unless the local cache holds it. `argument` names it in messages as the user gave
     it (`--model`, `MODEL_DIR`)."""
+    from audioclf.backbone import KNOWN_BACKBONES
+
     path = Path(model).expanduser()
     if path.exists():
         if path.is_dir():
             _check_checkpoint_files(path)
+        return True
+    if model in KNOWN_BACKBONES:  # a backbone's name: its installed folder (resolve_backbone), installed on first use
         return True
     first = Path(model).parts[0] if Path(model).parts else model
     cached = _in_hub_cache(model)
@@ -260,8 +264,12 @@ def _check_head_fits_labels(directory: Path) -> None:
 def load_model(model: str, labels: list[str] | None = None, weighted_layer_sum: bool | None = None,
                argument: str = "--model") -> ModelBundle:
     """Load a classifier from a local directory or a Hub id. With `labels`, the head is sized and named for
-    them (a new head where the checkpoint's does not fit); without, the checkpoint's own labels are kept.
-    `argument` names `model` in messages (`--model`, `MODEL_DIR`)."""
+    them (a new head where the checkpoint's does not fit); without, the checkpoint's own labels are kept. A known
+    backbone's name (backbone.KNOWN_BACKBONES: whisper-tiny.en, whisper-base) loads its installed checkpoint,
+    installing it on first use. `argument` names `model` in messages (`--model`, `MODEL_DIR`)."""
+    from audioclf.backbone import resolve_backbone
+
+    model = resolve_backbone(model)
     local = check_model_reference(model, argument)
     if local and labels is None and Path(model).is_dir():
         _check_head_fits_labels(Path(model))

@@ -30,8 +30,10 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from audioclf import card, files
+from audioclf.backbone import language_warning
 from audioclf.config import NO_GROUP, DataSpec, ModelOptions, TrainOptions
-from audioclf.data import ClipSet, absolute_source, clip_samples, load_clips, skipped_summary, split_dataset
+from audioclf.data import (ClipSet, absolute_source, clip_samples, load_clips, skipped_summary, split_dataset,
+                           spoken_languages)
 from audioclf.distributed import Processes
 from audioclf.errors import ConfigError, DataError, HubError, OutputError
 from audioclf.features import (
@@ -40,6 +42,7 @@ from audioclf.features import (
     BatchFeaturizer,
     ClipTransform,
     TrainingCollator,
+    augmentation_from,
 )
 from audioclf.model import (
     ModelBundle,
@@ -186,15 +189,19 @@ def _accuracy(prediction) -> dict:
     return {"accuracy": accuracy, BEST_EPOCH_METRIC: accuracy + 0.5 / len(labels) / (1.0 + loss)}
 
 
-def _weighted_loss(weights: torch.Tensor):
+def _weighted_loss(weights: torch.Tensor | None):
     """Weighted cross-entropy for the Trainer. Given `num_items_in_batch` (the clips of one update, over every
     process and accumulation step), it is the weighted sum over this batch divided by that count, as the Trainer
     expects of a `compute_loss_func`: it neither divides by the accumulation steps nor undoes DDP's averaging of
-    such a loss. The weights average 1 over the training clips, so this is the weighted mean's scale."""
+    such a loss. The weights average 1 over the training clips, so this is the weighted mean's scale (None: all 1).
+    Labels are class ids, or (rows, labels) probabilities for mixup's mixed rows."""
 
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"]
-        labels, weight = labels.to(logits.device), weights.to(logits.device)
+        labels = labels.to(logits.device)
+        weight = None if weights is None else weights.to(logits.device)
+        if num_items_in_batch is not None and labels.ndim == 2:
+            num_items_in_batch = num_items_in_batch / labels.shape[-1]  # the Trainer counts every soft label's entries
         if num_items_in_batch is None:
             return torch.nn.functional.cross_entropy(logits, labels, weight=weight)
         return torch.nn.functional.cross_entropy(logits, labels, weight=weight, reduction="sum") / num_items_in_batch
@@ -415,6 +422,18 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
          + (f"; split {clips.grouping}" if clips.group_column or clips.derived_split else ""))
     for line in skipped_summary(clips.problems, f"{output / files.METRICS_FILE} (problems)"):
         echo(line)
+    languages = spoken_languages(data, clips)
+
+    def built(opts: ModelOptions):
+        """_built, and the warning of an English-only encoder meeting other languages, once, before any training."""
+        nonlocal languages
+        bundle, window, featurizer = _built(opts, clips, train_split, options, processes, echo)
+        warning = language_warning(opts.model or opts.model_config, bundle.model.config, languages)
+        if warning:
+            echo(warning)
+        languages = {}
+        return bundle, window, featurizer
+
     splits = (train_split, eval_split, test_split)
     metrics = {"labels": clips.labels, "problems": [asdict(p) for p in clips.problems],
                "data": card.data_record(data, clips, dict(zip(("train", "validation", "test"), splits))),
@@ -428,7 +447,7 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
         probe_opts = model_opts if model_opts.weighted_layer_sum is not None else \
             replace(model_opts, weighted_layer_sum=True)  # the probe trains exactly this head
         model_opts = probe_opts if options.mode == "probe" else model_opts
-        bundle, window, featurizer = _built(probe_opts, clips, train_split, options, processes, echo)
+        bundle, window, featurizer = built(probe_opts)
         skipped = _head_problem(bundle, options)
         if skipped is None:
             candidate_started = time.monotonic()
@@ -439,7 +458,7 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     if skipped is not None:
         echo(f"probe: skipped ({skipped}); fine-tuning alone")
     if options.mode == "finetune" or options.mode == "best" and eval_split is not None:
-        bundle, window, featurizer = _built(model_opts, clips, train_split, options, processes, echo)
+        bundle, window, featurizer = built(model_opts)
         candidate_started = time.monotonic()
         fine_tuned = _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints,
                                    last_checkpoint, processes, progress, echo, callbacks)
@@ -567,10 +586,12 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
     """The Trainer run: lazy crops and features, optional probe-fitted head, early stopping on accuracy.
     Its best model is left in bundle.model; returns the metrics it measured."""
     train_split, eval_split, test_split = splits
+    train_split = train_split.add_column(CLIP_INDEX_COLUMN, np.arange(len(train_split)))  # names clips for their draws
     train_transform = ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed,
                                     options.speed_perturbation,
-                                    options.spec_augment if bundle.model_type == "whisper" else 0.0)
-    train_split = train_split.add_column(CLIP_INDEX_COLUMN, np.arange(len(train_split)))  # names clips for their draws
+                                    options.spec_augment if bundle.model_type == "whisper" else 0.0,
+                                    augmentation_from(options, clip_samples, bundle.sampling_rate),
+                                    partners=train_split.with_format(None) if options.mixup else None)
     train_split.set_transform(train_transform)
     eval_split.set_transform(ClipTransform(clip_samples, bundle.sampling_rate, window, options.eval_crop, options.seed))
     head_fit = None
@@ -589,16 +610,18 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
     if options.early_stopping_patience:
         trainer_callbacks.append(EarlyStoppingCallback(options.early_stopping_patience))
     loss = None
+    n_labels = bundle.model.config.num_labels
     if options.class_weights:
-        n_labels = bundle.model.config.num_labels
         counts = np.bincount(np.asarray(train_split.with_format(None)["label"]), minlength=n_labels)
         loss = _weighted_loss(torch.tensor(len(train_split) / (n_labels * np.maximum(counts, 1)), dtype=torch.float32))
+    elif options.mixup:
+        loss = _weighted_loss(None)  # the model's own loss takes no soft labels
     # The classifiers take **kwargs but return a batch-mean loss that ignores num_items_in_batch; told otherwise,
     # the Trainer would neither divide it by the accumulation steps nor keep DDP from multiplying it by the processes.
     bundle.model.accepts_loss_kwargs = False
     trainer = Trainer(
         model=bundle.model, args=args, train_dataset=train_split, eval_dataset=eval_split,
-        data_collator=TrainingCollator(featurizer), compute_metrics=_accuracy, callbacks=trainer_callbacks,
+        data_collator=TrainingCollator(featurizer, n_labels), compute_metrics=_accuracy, callbacks=trainer_callbacks,
         compute_loss_func=loss, optimizers=(_optimizer(bundle.model, options), None),
     )
     trainer.remove_callback(PrinterCallback)
