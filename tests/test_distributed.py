@@ -93,7 +93,7 @@ def test_two_processes_train_the_same_model_as_one(manifest, whisper_without_dro
                                                   class_weights):
     config_file = tmp_path / "options.yaml"
     config_file.write_text(yaml.safe_dump({
-        "data": str(manifest), "model": str(whisper_without_dropout), "max_seconds": 1.0, "epochs": 3,
+        "data": str(manifest), "model": str(whisper_without_dropout), "mode": "finetune", "max_seconds": 1.0, "epochs": 3,
         "learning_rate": 3e-3, "head_learning_rate": 3e-3, "freeze_front_end": False, "warmup_ratio": 0.0,
         "early_stopping_patience": 0, "class_weights": class_weights, "threads": 1,
     }))
