@@ -24,7 +24,8 @@ LIBRARY_ENVIRONMENT = {
 
 # Warnings about settings audioclf chose, not the user: each pattern is a message start (re.match).
 NOISE_WARNINGS = (
-    # transformers' Trainer asks DDP to look for unused parameters; with none found, torch says so once per process
+    # transformers' Trainer asks DDP to look for unused parameters; with none found, torch says so once per process.
+    # train tells DDP where there are none (Whisper); this catches the note where torch routes it through Python
     r"find_unused_parameters=True was specified in DDP constructor",
 )
 

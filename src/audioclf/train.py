@@ -73,9 +73,14 @@ class TrainResult:
     main_process: bool = True  # False in the other processes of a multi-process run, which print nothing
 
 
-def training_arguments(options: TrainOptions, checkpoint_dir: Path, progress: bool = True) -> TrainingArguments:
+def training_arguments(options: TrainOptions, checkpoint_dir: Path, progress: bool = True,
+                       model_type: str | None = None) -> TrainingArguments:
     """The Trainer's arguments for these options; every epoch is evaluated and checkpointed."""
     return TrainingArguments(
+        # Whisper's encoder and head use every parameter they train at every step, so DDP need not look for unused
+        # ones (it does by default, and says at every run's first step that it found none). The wav2vec2 family's
+        # masked_spec_embed is used only in the steps whose clips get time masks: they keep the default.
+        ddp_find_unused_parameters=False if model_type == "whisper" else None,
         output_dir=str(checkpoint_dir),
         learning_rate=options.learning_rate,
         per_device_train_batch_size=options.batch_size,
@@ -604,7 +609,7 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
                             labels["validation"], options.seed, processes, refit_with_eval=False)
         echo(_head_line(head_fit, started))
 
-    args = training_arguments(options, checkpoints, progress)
+    args = training_arguments(options, checkpoints, progress, bundle.model_type)
     epoch_line = EpochLine(echo)
     trainer_callbacks = [epoch_line, _AugmentationEpoch(train_transform), *(callbacks or [])]
     if options.early_stopping_patience:
