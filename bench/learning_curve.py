@@ -62,7 +62,8 @@ def measure(manifest: Path, backbone: Path, seed: int, work: Path) -> dict:
     best = run(manifest, backbone, "best", seed, work / "best")
     candidates = best["metrics"]["candidates"]
     rows = {"best": {"accuracy": best["metrics"]["test"]["accuracy"], "seconds": best["seconds"],
-                     "kept": best["metrics"]["kept"]},
+                     "kept": best["metrics"]["kept"], "disagreements": best["metrics"].get("disagreements"),
+                     "validation": {name: candidate["validation"] for name, candidate in candidates.items()}},
             "probe": {"accuracy": candidates["probe"]["test"]["accuracy"], "seconds": candidates["probe"]["seconds"],
                       "phase": True}}
     if "finetune" in candidates:

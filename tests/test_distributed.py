@@ -152,6 +152,36 @@ def test_two_processes_train_the_same_model_as_one(manifest, whisper_without_dro
     assert len(first_clips.clips) == 3 and not np.array_equal(first_clips.clips[0], first_clips.clips[1])
 
 
+def test_the_best_mode_over_two_processes_compares_and_keeps_as_one_does(manifest, whisper_without_dropout,
+                                                                         tmp_path, monkeypatch):
+    """The two candidates are compared clip by clip on the validation clips: over two processes, the fine-tuned
+    model's answers are gathered from both (3 clips a batch: the last batches padded, the padding dropped) and must
+    come back in the clips' order, to be paired with the probe's."""
+    options = {"data": str(manifest), "model": str(whisper_without_dropout), "mode": "best", "max_seconds": 1.0,
+               "epochs": 2, "learning_rate": 3e-3, "head_learning_rate": 3e-3, "warmup_ratio": 0.0, "threads": 1}
+    config_file = tmp_path / "options.yaml"
+    config_file.write_text(yaml.safe_dump(options))
+    monkeypatch.setenv("AUDIOCLF_HOME", str(tmp_path / "home-one"))
+    run = resolve_run({**read_config_file(config_file), "batch_size": 8, "eval_batch_size": 3})
+    one = train(run.data, run.model, run.train, tmp_path / "one", progress=False, echo=lambda line: None)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    done = _cli(["train", "--config", str(config_file), "--output", "two", "--nproc", "2", "--batch-size", "4",
+                 "--eval-batch-size", "3", "-q"], home=tmp_path / "home-two", cwd=runs)
+
+    assert done.returncode == 0, done.stderr
+    assert sum(line.startswith("kept: ") for line in done.stdout.splitlines()) == 1
+    metrics = json.loads((runs / "two" / "metrics.json").read_text())
+    assert metrics["kept"] == one.metrics["kept"]
+    assert metrics["disagreements"] == one.metrics["disagreements"]
+    assert metrics["disagreements"]["clips"] == SPLIT_CLIPS["validation"]
+    wins, losses = (metrics["disagreements"][key] for key in ("fine_tuned_only_right", "probe_only_right"))
+    accuracies = {name: metrics["candidates"][name]["validation"]["accuracy"] for name in ("probe", "finetune")}
+    assert accuracies == {name: one.metrics["candidates"][name]["validation"]["accuracy"] for name in accuracies}
+    assert (wins - losses) / SPLIT_CLIPS["validation"] == pytest.approx(accuracies["finetune"] - accuracies["probe"])
+    assert metrics["test"]["accuracy"] == one.metrics["test"]["accuracy"]
+
+
 def test_clip_augmentation_depends_on_clip_and_epoch_not_on_order(manifest):
     audio = [{"path": str(p), "bytes": None} for p in sorted((manifest.parent / "clips").glob("train_0[0-3]_*.wav"))]
     labels = [0] * len(audio)

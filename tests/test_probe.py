@@ -92,6 +92,12 @@ def test_fitted_plain_head_is_the_regression_in_the_saved_model(name, tones, tmp
     assert fit["train_accuracy"] == pytest.approx(float(np.mean(from_model.argmax(1) == labels["train"])))
     assert fit["train_accuracy"] > 0.5  # three clearly different sounds, chance is 1/3
     torch.testing.assert_close(model.projector.weight[len(LABELS):], untouched_rows)  # left for fine-tuning to use
+    # the evaluation clips' answers, clip by clip, are the saved model's (the fit was not refitted with them)
+    tests = splits["test"].with_transform(ClipTransform(clip_samples, bundle.sampling_rate, 1.0, "start"))
+    with torch.no_grad():
+        on_tests = np.concatenate([model(**featurizer([tests[i]["samples"]])).logits.numpy() for i in range(len(tests))])
+    assert fit["eval_right"] == (on_tests.argmax(1) == labels["test"]).tolist()
+    assert np.mean(fit["eval_right"]) == pytest.approx(fit["eval_accuracy"])
 
 
 @pytest.mark.parametrize("name", ["tiny-wav2vec2", "tiny-whisper"])

@@ -530,12 +530,19 @@ def test_evaluate_on_labels_the_model_was_not_built_for(small_tones, tmp_path):
 # --- the best mode: probe, fine-tune, keep the better ------------------------------------------------------------
 
 
-def test_keep_better_takes_the_higher_accuracy_then_the_lower_loss_then_the_probe():
-    assert keep_better({"probe": {"accuracy": 0.7, "loss": 0.9}, "finetune": {"accuracy": 0.6, "loss": 0.5}}) == "probe"
-    assert keep_better({"probe": {"accuracy": 0.6, "loss": 0.5}, "finetune": {"accuracy": 0.7, "loss": 0.9}}) == "finetune"
-    assert keep_better({"probe": {"accuracy": 0.7, "loss": 0.9}, "finetune": {"accuracy": 0.7, "loss": 0.5}}) == "finetune"
-    assert keep_better({"probe": {"accuracy": 0.7, "loss": 0.5}, "finetune": {"accuracy": 0.7, "loss": 0.5}}) == "probe"
-    assert keep_better({"finetune": {"accuracy": 0.1, "loss": 9.0}}) == "finetune"
+def test_keep_better_keeps_fine_tuning_only_when_it_is_clearly_better_clip_by_clip():
+    def kept(probe: str, tuned: str) -> str:  # each clip right (1) or wrong (0), the same clips in the same order
+        return keep_better({"probe": [c == "1" for c in probe], "finetune": [c == "1" for c in tuned]})[0]
+
+    assert kept("1111", "1111") == "probe"  # a tie: the simpler model, whose final fit also sees these clips
+    assert kept("1110", "1111") == "probe"  # one clip is no evidence (1 - 0 is not above sqrt(1))
+    assert kept("1100", "1111") == "finetune"  # two: 2 - 0 > sqrt(2)
+    assert kept("1110" "0", "0111" "1") == "probe"  # two won, one lost: 2 - 1 is not above sqrt(3)
+    assert kept("1111" "000000", "0111" "111111") == "finetune"  # six won, one lost: 5 > sqrt(7)
+    assert kept("1111", "1100") == "probe"
+    assert keep_better({"probe": [True, False], "finetune": [False, True]}) == (
+        "probe", {"clips": 2, "fine_tuned_only_right": 1, "probe_only_right": 1})
+    assert keep_better({"finetune": [False, False]}) == ("finetune", {})  # a single candidate is kept as it is
 
 
 def _saved_encoder(directory: Path, silent_projection: bool = False) -> Path:
@@ -567,6 +574,9 @@ def test_the_best_mode_keeps_the_probe_when_fine_tuning_does_worse(tones, tmp_pa
     assert candidates["probe"]["validation"]["accuracy"] > candidates["finetune"]["validation"]["accuracy"]
     assert metrics["validation"] == candidates["probe"]["validation"] == probe.metrics["validation"]
     assert any(line.startswith("kept: the probe (validation accuracy") for line in lines)
+    disagreements = metrics["disagreements"]
+    assert disagreements["clips"] == sum(metrics["data"]["clips"]["validation"].values())
+    assert disagreements["probe_only_right"] > disagreements["fine_tuned_only_right"]
     # the model kept is exactly what --mode probe trains: the same head, the same test figures
     assert json.loads((tmp_path / "best" / "config.json").read_text())["use_weighted_layer_sum"] is True
     kept, alone = (AutoModelForAudioClassification.from_pretrained(tmp_path / name).state_dict()
@@ -594,6 +604,11 @@ def test_the_best_mode_keeps_fine_tuning_when_the_frozen_encoder_tells_nothing(t
     assert candidates["probe"]["validation"]["accuracy"] <= 0.5  # constant features: one label for every clip
     assert metrics["kept"] == "finetune"
     assert candidates["finetune"]["validation"]["accuracy"] > candidates["probe"]["validation"]["accuracy"]
+    clips, wins, losses = (metrics["disagreements"][key] for key in ("clips", "fine_tuned_only_right",
+                                                                     "probe_only_right"))
+    # the counts are the two candidates' validation accuracies, clip by clip
+    assert (wins - losses) / clips == pytest.approx(candidates["finetune"]["validation"]["accuracy"]
+                                                     - candidates["probe"]["validation"]["accuracy"])
     assert metrics["validation"] == candidates["finetune"]["validation"]
     assert json.loads((tmp_path / "best" / "config.json").read_text())["use_weighted_layer_sum"] is False
     assert candidates["finetune"]["test"]["accuracy"] == metrics["test"]["accuracy"] > 0.5  # chance is 1/3

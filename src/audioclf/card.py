@@ -370,15 +370,24 @@ def _kept_lines(metrics: dict) -> list[str]:
         return ["", f"Mode `best` fine-tuned alone, with no probe head to compare: {metrics.get('probe_skipped')}."]
     probe, tuned = (candidates[name]["validation"] for name in ("probe", "finetune"))
     figures = (f"validation accuracy {probe['accuracy']:.4f} for the probe head on the frozen encoder, "
-               f"{tuned['accuracy']:.4f} for the best fine-tuning epoch")
+               f"{tuned['accuracy']:.4f} for the best fine-tuning epoch"
+               + (f"; {disagreements_text(metrics['disagreements'], kept)}" if metrics.get("disagreements") else ""))
     if kept == "probe":
         epochs = candidates["finetune"].get("history") or []
         table = ["", "| epoch | training loss | validation loss | validation accuracy |", "|---:|---:|---:|---:|"]
         table += [f"| {row['epoch']:g} | {_number(row.get('train_loss'))} | {_number(row.get('eval_loss'))} | "
                   f"{_number(row.get('eval_accuracy'))} |" for row in epochs]
-        return ["", f"Mode `best` kept the probe head ({figures}): fine-tuning did not validate better, so the model "
-                    "is the probe. The fine-tuning epochs it was compared with:", *(table if epochs else [])]
+        return ["", f"Mode `best` kept the probe head ({figures}): fine-tuning did not validate clearly better, so the "
+                    "model is the probe. The fine-tuning epochs it was compared with:", *(table if epochs else [])]
     return ["", f"Mode `best` kept the fine-tuned model ({figures})."]
+
+
+def disagreements_text(disagreements: dict, kept: str) -> str:
+    """The best mode's clip-by-clip comparison (train.keep_better's counts) in words, for its output and the card."""
+    verdict = "clearly better" if kept == "finetune" else "not clearly better"
+    return (f"of {disagreements['clips']} validation clips, the fine-tuned model alone got "
+            f"{disagreements['fine_tuned_only_right']} right and the probe alone {disagreements['probe_only_right']}: "
+            f"{verdict}")
 
 
 def _changed_options(run: dict) -> list[tuple[str, object, object]]:

@@ -42,6 +42,7 @@ PROBE_MAX_ITERATIONS = 2000  # L-BFGS iterations per fit at most; the demo's tak
 ABSENT_LABEL_LOGIT = -1e4  # a label with no training clip is never predicted
 FEATURE_CACHE = ("cache", "features")  # the folder of cached layer means, under audioclf's home
 HEAD_PARAMETERS = ("projector", "classifier", "layer_weights")  # what a head fit writes, and what the cache key leaves out
+EVAL_RIGHT = "eval_right"  # fit_head's per-clip answers on the evaluation clips, taken out before its report is kept
 
 
 def _fingerprint(bundle: ModelBundle, dataset, window: float, crop: str) -> str:
@@ -156,7 +157,8 @@ def fit_head(model, train_features: np.ndarray | None, train_labels, eval_featur
     projector's other rows keep their values, so that fine-tuning can still bring them in). Returns {"mixture",
     "strength", "candidates", "chosen_by" ("validation" or "N-fold cross-validation"), "train_accuracy" (of the
     final fit, on the clips it was fitted on), "eval_accuracy" and "eval_loss" (of the chosen pair, before any refit
-    saw those clips)}.
+    saw those clips), and EVAL_RIGHT: whether it got each evaluation clip right, in their order (for comparing
+    with another model on the same clips; not for metrics.json)}.
     """
     processes = processes or Processes()
     fitted = None
@@ -210,12 +212,16 @@ def _fit_and_write(model, features: np.ndarray, labels: np.ndarray, folds: list,
     pooled = {name: _pool(features, logits) for name, logits in mixtures.items()}
     held_out = np.concatenate([rows for _, rows in folds])
 
-    def evaluated(name: str, strength: float) -> tuple[float, float]:
+    def evaluated(name: str, strength: float) -> tuple[float, float, np.ndarray]:
+        """(accuracy, loss, each held-out clip right or wrong, in row order) of one pair."""
         logits = []
         for fit_rows, eval_rows in folds:
             weight, bias = _fit_regression(pooled[name][fit_rows], labels[fit_rows], strength, n_labels, seed)
             logits.append(pooled[name][eval_rows] @ weight.T + bias)
-        return _scores(np.concatenate(logits), labels[held_out])
+        logits = np.concatenate(logits)
+        right = np.empty(len(held_out), dtype=bool)
+        right[np.argsort(held_out)] = logits.argmax(axis=1) == labels[held_out]
+        return (*_scores(logits, labels[held_out]), right)
 
     def best(scores: dict):
         return max(scores, key=lambda key: (scores[key][0], -scores[key][1]))
@@ -229,10 +235,10 @@ def _fit_and_write(model, features: np.ndarray, labels: np.ndarray, folds: list,
     final_features, final_labels = pooled[name][final_rows], labels[final_rows]
     weight, bias = _fit_regression(final_features, final_labels, strength, n_labels, seed)
     _write_head(model, mixtures[name], weight, bias)
-    eval_accuracy, eval_loss = by_strength[strength]
+    eval_accuracy, eval_loss, eval_right = by_strength[strength]
     return {"mixture": name, "strength": strength, "candidates": len(by_mixture) + len(by_strength) - 1,
             "train_accuracy": _scores(final_features @ weight.T + bias, final_labels)[0],
-            "eval_accuracy": eval_accuracy, "eval_loss": eval_loss}
+            "eval_accuracy": eval_accuracy, "eval_loss": eval_loss, EVAL_RIGHT: eval_right.tolist()}
 
 
 def _write_head(model, layer_logits: np.ndarray | None, weight: np.ndarray, bias: np.ndarray) -> None:

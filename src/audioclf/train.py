@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -57,7 +58,7 @@ from audioclf.model import (
     safetensors_problem,
     whole_seconds,
 )
-from audioclf.probe import check_head_fits, fit_head, split_layer_means
+from audioclf.probe import EVAL_RIGHT, check_head_fits, fit_head, split_layer_means
 
 BEST_EPOCH_METRIC = "accuracy_then_loss"  # the epoch kept: the highest evaluation accuracy, ties to the lower loss
 WINDOW_PERCENTILE = 90  # the default window covers this share of training clips whole
@@ -186,12 +187,17 @@ def epoch_rows(log_history: list[dict]) -> list[dict]:
 def _accuracy(prediction) -> dict:
     """Accuracy, and BEST_EPOCH_METRIC: the accuracy plus less than half a clip's worth (1 / n_clips) that shrinks
     as the mean cross-entropy grows, so it orders evaluations by accuracy, then by the lower loss."""
-    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(prediction.label_ids)
+    logits, labels = _logits_of(prediction), np.asarray(prediction.label_ids)
     accuracy = float((np.argmax(logits, axis=-1) == labels).mean())
     shifted = logits - logits.max(axis=-1, keepdims=True)
     loss = float(np.mean(np.log(np.exp(shifted).sum(axis=-1)) - shifted[np.arange(len(labels)), labels]))
     return {"accuracy": accuracy, BEST_EPOCH_METRIC: accuracy + 0.5 / len(labels) / (1.0 + loss)}
+
+
+def _logits_of(prediction) -> np.ndarray:
+    """The logits of a Trainer prediction (EvalPrediction or PredictionOutput), as float64."""
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return np.asarray(logits, dtype=np.float64)
 
 
 def _weighted_loss(weights: torch.Tensor | None):
@@ -456,18 +462,18 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
         skipped = _head_problem(bundle, options)
         if skipped is None:
             candidate_started = time.monotonic()
-            probed = _train_probe(bundle, featurizer, splits, window, options, processes, echo, progress,
-                                  clips.group_column)
-            candidates["probe"] = {"bundle": bundle, "window": window, "metrics": probed,
+            probed, right = _train_probe(bundle, featurizer, splits, window, options, processes, echo, progress,
+                                         clips.group_column)
+            candidates["probe"] = {"bundle": bundle, "window": window, "metrics": probed, "right": right,
                                    "seconds": round(time.monotonic() - candidate_started, 1)}
     if skipped is not None:
         echo(f"probe: skipped ({skipped}); fine-tuning alone")
     if options.mode == "finetune" or options.mode == "best" and eval_split is not None:
         bundle, window, featurizer = built(model_opts)
         candidate_started = time.monotonic()
-        fine_tuned = _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints,
-                                   last_checkpoint, processes, progress, echo, callbacks)
-        candidates["finetune"] = {"bundle": bundle, "window": window, "metrics": fine_tuned,
+        fine_tuned, right = _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints,
+                                       last_checkpoint, processes, progress, echo, callbacks)
+        candidates["finetune"] = {"bundle": bundle, "window": window, "metrics": fine_tuned, "right": right,
                                   "seconds": round(time.monotonic() - candidate_started, 1)}
     elif options.mode == "best":
         echo(f"fine-tuning: skipped; no validation share holds {options.validation_min_clips} clips of every label, "
@@ -475,16 +481,19 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     if not candidates:
         raise ConfigError(f"--mode best: too few clips to fine-tune with a validation share and no probe head to fit "
                           f"({skipped}); pass --mode finetune, or a smaller --validation-min-clips")
-    kept = keep_better({name: candidate["metrics"]["validation"] for name, candidate in candidates.items()})
+    kept, disagreements = keep_better({name: candidate["right"] for name, candidate in candidates.items()})
     if options.mode == "best" and len(candidates) == 2:
         probe_figures, tuned_figures = (candidates[name]["metrics"]["validation"] for name in ("probe", "finetune"))
         echo(f"kept: the {'probe' if kept == 'probe' else 'fine-tuned model'} (validation accuracy "
-             f"{probe_figures['accuracy']:.4f} probe, {tuned_figures['accuracy']:.4f} fine-tuned)")
+             f"{probe_figures['accuracy']:.4f} probe, {tuned_figures['accuracy']:.4f} fine-tuned; "
+             f"{card.disagreements_text(disagreements, kept)})")
     bundle, window = candidates[kept]["bundle"], candidates[kept]["window"]
     metrics["window_seconds"] = window
     metrics.update(candidates[kept]["metrics"])
     if options.mode == "best":
         metrics["kept"] = kept
+        if disagreements:
+            metrics["disagreements"] = disagreements
         if skipped is not None:
             metrics["probe_skipped"] = skipped
         recorded = {"probe": ("probe",), "finetune": ("history",)}  # the head chosen, or the epochs
@@ -518,12 +527,35 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
                    hub_model_id, echo)
 
 
-def keep_better(validation: dict[str, dict]) -> str:
-    """Which candidate to keep, of {"probe" and/or "finetune": {"accuracy", "loss"}} measured on the same validation
-    clips: the higher accuracy, ties to the lower loss (BEST_EPOCH_METRIC's order), then to the probe, the simpler
-    model."""
-    simpler = {"probe": 1, "finetune": 0}
-    return max(validation, key=lambda name: (validation[name]["accuracy"], -validation[name]["loss"], simpler[name]))
+def keep_better(right: dict[str, list[bool]]) -> tuple[str, dict]:
+    """Which candidate to keep, of "probe" and/or "finetune", from whether each got every validation clip right (the
+    same clips, in the same order), and the disagreements it chose on ({} for a single candidate).
+
+    The fine-tuned model is kept only when it is clearly better: of the clips the two answer differently, it gets
+    right more than the probe does by over one standard deviation of that difference between two equally good
+    models (wins - losses > sqrt(wins + losses): a one-sided sign test at about 84%). Otherwise the probe is kept,
+    the simpler model. Even scores are not even: the fine-tuned model's figure is its best epoch on these very
+    clips, and the probe's final fit goes on to learn from them too (fit_head's refit). On the learning curve
+    (README), a win by one validation clip or a tie broken by the fine-tuned model's lower loss lost on the test clips.
+    """
+    if len(right) == 1:
+        return next(iter(right)), {}
+    probe, tuned = (np.asarray(right[name], dtype=bool) for name in ("probe", "finetune"))
+    wins, losses = int(np.sum(tuned & ~probe)), int(np.sum(probe & ~tuned))
+    kept = "finetune" if _clearly_better(wins, losses) else "probe"
+    return kept, {"clips": len(probe), "fine_tuned_only_right": wins, "probe_only_right": losses}
+
+
+def _clearly_better(wins: int, losses: int) -> bool:
+    return wins - losses > math.sqrt(wins + losses)
+
+
+def _right_answers(prediction, labels) -> list[bool]:
+    """Whether each clip's top-scoring label is its own, from a Trainer prediction of those clips in their order."""
+    logits, label_ids = _logits_of(prediction), np.asarray(prediction.label_ids)
+    if not np.array_equal(label_ids, np.asarray(labels)):
+        raise RuntimeError("the Trainer's predictions are not in the evaluation clips' order")
+    return (logits.argmax(axis=-1) == label_ids).tolist()
 
 
 def _built(model_opts: ModelOptions, clips: ClipSet, train_split, options: TrainOptions, processes: Processes, echo):
@@ -589,7 +621,8 @@ class _AugmentationEpoch(TrainerCallback):
 def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoints, resume_from, processes, progress,
                echo, callbacks):
     """The Trainer run: lazy crops and features, optional probe-fitted head, early stopping on accuracy.
-    Its best model is left in bundle.model; returns the metrics it measured."""
+    Its best model is left in bundle.model; returns the metrics it measured and whether that model gets each
+    evaluation clip right."""
     train_split, eval_split, test_split = splits
     train_split = train_split.add_column(CLIP_INDEX_COLUMN, np.arange(len(train_split)))  # names clips for their draws
     train_transform = ClipTransform(clip_samples, bundle.sampling_rate, window, options.train_crop, options.seed,
@@ -607,6 +640,7 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
         started = time.monotonic()  # not refitted with the evaluation clips: they go on to pick the best epoch
         head_fit = fit_head(bundle.model, features["train"], labels["train"], features["validation"],
                             labels["validation"], options.seed, processes, refit_with_eval=False)
+        head_fit.pop(EVAL_RIGHT)
         echo(_head_line(head_fit, started))
 
     args = training_arguments(options, checkpoints, progress, bundle.model_type)
@@ -636,16 +670,20 @@ def _fine_tune(bundle, featurizer, splits, window, model_opts, options, checkpoi
     trainer.train(resume_from_checkpoint=resume_from)
 
     trainer.remove_callback(EarlyStoppingCallback)  # it warns on the final, differently named evaluations
-    metrics = {"history": epoch_line.history, "validation": _strip(trainer.evaluate(eval_split))}
+    validated = trainer.predict(eval_split)  # the best epoch's model, as evaluate() would score it, and its answers
+    right = _right_answers(validated, eval_split.with_format(None)["label"])
+    metrics = {"history": epoch_line.history, "validation": _strip(validated.metrics)}
     if head_fit is not None:
         metrics["probe_init"] = head_fit
     bundle.model = trainer.model
-    return metrics
+    return metrics, right
 
 
-def _train_probe(bundle, featurizer, splits, window, options, processes, echo, progress, group_column=None) -> dict:
+def _train_probe(bundle, featurizer, splits, window, options, processes, echo, progress,
+                 group_column=None) -> tuple[dict, list[bool]]:
     """Probe mode: every split's per-layer means once (disk cache), then the head fitted on them, which is the
-    whole training. Without evaluation clips, the head is chosen by cross-validation on the training clips."""
+    whole training. Without evaluation clips, the head is chosen by cross-validation on the training clips.
+    Returns its metrics and whether it got each evaluation clip right (before the refit saw them)."""
     check_head_fits(bundle.model, "--mode probe")
     named = {name: split for name, split in zip(("train", "validation"), splits) if split is not None}
     features, labels = _layer_features(bundle, featurizer, named, window, options, processes, echo, progress)
@@ -654,8 +692,9 @@ def _train_probe(bundle, featurizer, splits, window, options, processes, echo, p
     fit = fit_head(bundle.model, features["train"], labels["train"], features.get("validation"), labels.get("validation"),
                    options.seed, processes, refit_with_eval=True, groups=groups)
     echo(_head_line(fit, started))
+    right = fit.pop(EVAL_RIGHT)
     # the final fit includes the evaluation clips; their figures are those measured before it saw them
-    return {"probe": fit, "validation": {"accuracy": fit["eval_accuracy"], "loss": fit["eval_loss"]}}
+    return {"probe": fit, "validation": {"accuracy": fit["eval_accuracy"], "loss": fit["eval_loss"]}}, right
 
 
 def _layer_features(bundle, featurizer, splits: dict, window: float, options: TrainOptions, processes: Processes,
