@@ -127,12 +127,18 @@ def print_table(results: list[dict]) -> None:
         mark = {mode: "*" if any(row[mode].get("phase") for row in rows) else " " for mode in MODES}
         gap = float(np.mean([row["best"]["accuracy"] - max(row["probe"]["accuracy"], row["finetune"]["accuracy"] or 0.0)
                              for row in rows]))
-        kept = ",".join(row["best"]["kept"] for row in rows)
+        kept = ", ".join(row["best"]["kept"] + _counts(row["best"].get("disagreements")) for row in rows)
         print(f"{dataset:7} {size:11d} {len(rows):5d} " + " ".join(shown(mean(mode, "accuracy"), 12, 3) for mode in MODES)
               + f" {gap:+10.3f} " + " ".join(shown(mean(mode, "seconds"), 9, 1) + mark[mode] for mode in MODES)
               + f"  {kept}")
     print("(* a phase of the default run; best - max: the default's accuracy minus the better of the other "
-          "two, per seed, averaged)")
+          "two, per seed, averaged; kept W:L: of the validation clips, W right for the fine-tuned model alone and "
+          "L for the probe alone)")
+
+
+def _counts(disagreements: dict | None) -> str:
+    return "" if not disagreements else \
+        f" {disagreements['fine_tuned_only_right']}:{disagreements['probe_only_right']}"
 
 
 if __name__ == "__main__":
