@@ -2,8 +2,8 @@
 
 `train()` reads top to bottom in the order of the work: check the output, load the clips, pick the window,
 build the model, fit its head on the frozen encoder (probe.fit_head), fine-tune it with the Trainer (or, in probe
-mode, stop there), keep whichever of the two validates better (best mode, the default), evaluate, and write the
-model directory atomically.
+mode, stop there), keep the fine-tuned model where it validates clearly better, else the probe (best mode, the
+default), evaluate, and write the model directory atomically.
 
 It runs the same in one process or in several (torchrun, accelerate launch, `audioclf train --nproc`; the plumbing
 is in audioclf.distributed): every process computes its share, the Trainer handles DDP, and only the main process
@@ -451,7 +451,7 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
                "threads": torch.get_num_threads()}
 
     # The candidates: the probe head on the frozen encoder (probe and best modes), the fine-tuned model (finetune and
-    # best modes, where there are evaluation clips to judge its epochs); best keeps whichever validates better.
+    # best modes, where there are evaluation clips to judge its epochs); best keeps the probe unless fine-tuning validates clearly better (keep_better).
     candidates: dict[str, dict] = {}
     skipped = _probe_skipped(model_opts, options)
     if options.mode in ("probe", "best") and skipped is None:
