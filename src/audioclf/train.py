@@ -451,7 +451,8 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
                "threads": torch.get_num_threads()}
 
     # The candidates: the probe head on the frozen encoder (probe and best modes), the fine-tuned model (finetune and
-    # best modes, where there are evaluation clips to judge its epochs); best keeps the probe unless fine-tuning validates clearly better (keep_better).
+    # best modes, where there are evaluation clips to judge its epochs); best keeps the probe unless fine-tuning
+    # validates clearly better (keep_better).
     candidates: dict[str, dict] = {}
     skipped = _probe_skipped(model_opts, options)
     if options.mode in ("probe", "best") and skipped is None:
@@ -542,12 +543,8 @@ def keep_better(right: dict[str, list[bool]]) -> tuple[str, dict]:
         return next(iter(right)), {}
     probe, tuned = (np.asarray(right[name], dtype=bool) for name in ("probe", "finetune"))
     wins, losses = int(np.sum(tuned & ~probe)), int(np.sum(probe & ~tuned))
-    kept = "finetune" if _clearly_better(wins, losses) else "probe"
+    kept = "finetune" if wins - losses > math.sqrt(wins + losses) else "probe"
     return kept, {"clips": len(probe), "fine_tuned_only_right": wins, "probe_only_right": losses}
-
-
-def _clearly_better(wins: int, losses: int) -> bool:
-    return wins - losses > math.sqrt(wins + losses)
 
 
 def _right_answers(prediction, labels) -> list[bool]:
