@@ -95,7 +95,8 @@ def test_fitted_plain_head_is_the_regression_in_the_saved_model(name, tones, tmp
     # the evaluation clips' answers, clip by clip, are the saved model's (the fit was not refitted with them)
     tests = splits["test"].with_transform(ClipTransform(clip_samples, bundle.sampling_rate, 1.0, "start"))
     with torch.no_grad():
-        on_tests = np.concatenate([model(**featurizer([tests[i]["samples"]])).logits.numpy() for i in range(len(tests))])
+        on_tests = np.concatenate([model(**featurizer([tests[i]["samples"]])).logits.numpy()
+                                   for i in range(len(tests))])
     assert fit["eval_right"] == (on_tests.argmax(1) == labels["test"]).tolist()
     assert np.mean(fit["eval_right"]) == pytest.approx(fit["eval_accuracy"])
 
