@@ -17,6 +17,7 @@ Test accuracy scores every window of each clip, as `audioclf evaluate` does. Run
 
     python bench/learning_curve.py [--sizes 2,4,8,16,32,64] [--seeds 2] [--seeded-up-to 16] [--first-seed 0]
                                    [--datasets demo,digits] [--output results.json]
+    python bench/learning_curve.py --table results.json [more.json ...]
 """
 
 from __future__ import annotations
@@ -88,7 +89,11 @@ def main() -> None:
     parser.add_argument("--seeded-up-to", type=int, default=16, help="Sizes above this run the first seed only.")
     parser.add_argument("--datasets", default="demo,digits", help="Which of demo, digits.")
     parser.add_argument("--output", type=Path, help="Write every run's figures here as JSON.")
+    parser.add_argument("--table", type=Path, nargs="+", help="Only print the table of earlier --output files.")
     args = parser.parse_args()
+    if args.table:
+        print_table([row for path in args.table for row in json.loads(path.read_text())])
+        return
     sizes = [int(size) for size in args.sizes.split(",")]
     backbone = ensure_backbone("whisper-tiny.en")
     results = []
@@ -111,29 +116,41 @@ def main() -> None:
 
 
 def print_table(results: list[dict]) -> None:
+    """One row per dataset and size: each mode's test accuracy and seconds, means over the seeds; the default's
+    mean minus that of the better other mode (the one with the higher mean), with the standard error of that
+    difference over the seeds (paired by seed; none for one seed); the same per seed against the better of the two
+    in that seed, averaged (an oracle picking per seed: every noisy choice falls below it); what was kept."""
     print(f"\n{'data':7} {'clips/label':>11} {'seeds':>5} " + " ".join(f"{mode + ' acc':>12}" for mode in MODES)
-          + f" {'best - max':>10} " + " ".join(f"{mode + ' s':>10}" for mode in MODES) + "  kept")
+          + f" {'best - better mode':>20} {'best - max':>10} " + " ".join(f"{mode + ' s':>10}" for mode in MODES)
+          + "  kept")
     groups: dict[tuple, list[dict]] = {}
     for row in results:
         groups.setdefault((row["dataset"], row["clips_per_label"]), []).append(row)
     for (dataset, size), rows in groups.items():
+        def values(mode: str, key: str) -> list[float]:
+            return [row[mode][key] for row in rows if row[mode][key] is not None]
+
         def mean(mode: str, key: str):
-            values = [row[mode][key] for row in rows if row[mode][key] is not None]
-            return float(np.mean(values)) if values else None
+            return float(np.mean(values(mode, key))) if values(mode, key) else None
 
         def shown(value, width: int, digits: int) -> str:
             return f"{'-':>{width}}" if value is None else f"{value:{width}.{digits}f}"
 
         mark = {mode: "*" if any(row[mode].get("phase") for row in rows) else " " for mode in MODES}
-        gap = float(np.mean([row["best"]["accuracy"] - max(row["probe"]["accuracy"], row["finetune"]["accuracy"] or 0.0)
-                             for row in rows]))
+        better = max(("probe", "finetune"), key=lambda mode: -1.0 if mean(mode, "accuracy") is None
+                     else mean(mode, "accuracy"))
+        paired = [row["best"]["accuracy"] - row[better]["accuracy"] for row in rows]
+        error = f" \u00b1{np.std(paired, ddof=1) / np.sqrt(len(paired)):.3f}" if len(paired) > 1 else ""
+        gap = f"{np.mean(paired):+.3f} ({better[:5]}){error}"
+        oracle = float(np.mean([row["best"]["accuracy"] - max(row["probe"]["accuracy"],
+                                                                row["finetune"]["accuracy"] or 0.0) for row in rows]))
         kept = ", ".join(row["best"]["kept"] + _counts(row["best"].get("disagreements")) for row in rows)
         print(f"{dataset:7} {size:11d} {len(rows):5d} " + " ".join(shown(mean(mode, "accuracy"), 12, 3) for mode in MODES)
-              + f" {gap:+10.3f} " + " ".join(shown(mean(mode, "seconds"), 9, 1) + mark[mode] for mode in MODES)
+              + f" {gap:>20} {oracle:+10.3f} " + " ".join(shown(mean(mode, "seconds"), 9, 1) + mark[mode] for mode in MODES)
               + f"  {kept}")
-    print("(* a phase of the default run; best - max: the default's accuracy minus the better of the other "
-          "two, per seed, averaged; kept W:L: of the validation clips, W right for the fine-tuned model alone and "
-          "L for the probe alone)")
+    print("(* a phase of the default run; best - better mode: the default's mean minus the better other mode's, "
+          "\u00b1 its standard error over the seeds; best - max: against the better of the two in each seed, averaged; "
+          "kept W:L: of the validation clips, W right for the fine-tuned model alone and L for the probe alone)")
 
 
 def _counts(disagreements: dict | None) -> str:
