@@ -226,7 +226,7 @@ class ModelOptions:
 
 @dataclass
 class TrainOptions:
-    mode: str = field(default="best", metadata={"help": "'best' fits the probe head, fine-tunes from it, and keeps the fine-tuned model only where it is clearly better clip by clip on the validation clips, else the probe; 'probe' keeps the encoder frozen, caches its per-layer outputs once and trains only the head (seconds); 'finetune' (or 'full') fine-tunes the encoder and keeps its best epoch.", "choices": MODES})
+    mode: str = field(default="best", metadata={"help": "'best' fits the probe head, fine-tunes from it, and keeps fine-tuning only where it validates clearly better; 'probe' keeps the encoder frozen, caches its per-layer outputs once and trains only the head (seconds); 'finetune' (or 'full') fine-tunes the encoder and keeps its best epoch.", "choices": MODES})
     preset: str = field(default="default", metadata={"help": "Starting values: 'default' (learns on a CPU) or 'seed' (the guide's recipe).", "choices": PRESET_NAMES})
     max_seconds: float | None = field(
         default=None, metadata={"help": "Clip window in seconds; default: the 90th percentile of training clip durations, rounded up.",
