@@ -591,6 +591,8 @@ KNOWN_BACKBONES: dict[str, KnownBackbone] = {
         extra=WHISPER_BASE.extra,
     ),
 }
+
+
 def _known(name: str) -> KnownBackbone:
     if name not in KNOWN_BACKBONES:
         raise ModelError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(KNOWN_BACKBONES))}")

@@ -424,8 +424,8 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     # The main process alone downloads (a Hub dataset) and scans the clips; the others wait for its ClipSet (Arrow
     # tables: in memory, or memory-mapped files that travel by path), so the data is prepared once, never raced.
     clips = processes.broadcast(load_clips(data, split=True, progress=progress) if processes.is_main else None)
-    train_split, eval_split, test_split = _choose_splits(clips, options, data,
-                                                         fine_tune_only=_probe_skipped(model_opts, options) is not None)
+    skipped = _probe_skipped(model_opts, options)  # before a model is built; _head_problem may add a reason after
+    train_split, eval_split, test_split = _choose_splits(clips, options, data, fine_tune_only=skipped is not None)
     echo(f"data: {len(clips.labels)} labels; {len(train_split)} training, "
          + (f"{len(eval_split)} evaluation" if eval_split is not None else
             f"no evaluation clips (too few to hold {options.validation_min_clips} of every label)")
@@ -454,7 +454,6 @@ def train(data: DataSpec, model_opts: ModelOptions, options: TrainOptions, outpu
     # best modes, where there are evaluation clips to judge its epochs); best keeps the probe unless fine-tuning
     # validates clearly better (keep_better).
     candidates: dict[str, dict] = {}
-    skipped = _probe_skipped(model_opts, options)
     if options.mode in ("probe", "best") and skipped is None:
         probe_opts = model_opts if model_opts.weighted_layer_sum is not None else \
             replace(model_opts, weighted_layer_sum=True)  # the probe trains exactly this head
